@@ -1,0 +1,79 @@
+"""Errors raised by the ledger package.
+
+    LedgerError                    base; never raised directly
+    ├── LedgerUnavailable          the store cannot be written or read now (locked, down, closed)
+    ├── InvalidEvent               an event cannot enter the ledger (not JSON, NaN, unknown type)
+    ├── DuplicateKey               an event's unique_key (idempotency key, nonce, grant id) is taken
+    └── IntegrityViolation         verification found an edited, missing, inserted or moved event
+
+Database driver exceptions (SQLAlchemy / sqlite3 / psycopg) are translated into
+these in exactly one place, ``ledger.store``, with ``raise ... from e``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DuplicateKey",
+    "IntegrityViolation",
+    "InvalidEvent",
+    "LedgerError",
+    "LedgerUnavailable",
+]
+
+
+class LedgerError(Exception):
+    """Base of every error the ledger raises."""
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger store could not confirm a write or answer a read.
+
+    Callers must treat this as "nothing happened": an event that was not
+    confirmed is not in the ledger.
+    """
+
+
+class InvalidEvent(LedgerError):
+    """An event was refused before it reached the store."""
+
+
+class DuplicateKey(LedgerError):
+    """An event carried a ``unique_key`` that an earlier event already holds."""
+
+    def __init__(self, unique_key: str) -> None:
+        super().__init__(
+            f"unique key {unique_key!r} is already recorded in the ledger; "
+            "it can be used once only (idempotency key, approval nonce or grant id)"
+        )
+        self.unique_key = unique_key
+
+
+class IntegrityViolation(LedgerError):
+    """Verification found the ledger altered.
+
+    ``what`` is a short machine-readable kind (``hash_mismatch``, ``chain_break``,
+    ``sequence_gap``, ``global_gap``, ``global_order``, ``body_mismatch``);
+    the message names the event by decision id, stream sequence and global
+    sequence, with the expected and actual values.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        decision_id: str,
+        sequence: int,
+        global_seq: int,
+        expected: str,
+        actual: str,
+    ) -> None:
+        super().__init__(
+            f"ledger integrity violation ({what}) at decision {decision_id} "
+            f"sequence {sequence} (global_seq {global_seq}): expected {expected}, found {actual}"
+        )
+        self.what = what
+        self.decision_id = decision_id
+        self.sequence = sequence
+        self.global_seq = global_seq
+        self.expected = expected
+        self.actual = actual

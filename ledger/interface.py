@@ -1,0 +1,163 @@
+"""The ledger's public contract: value types and the client protocol.
+
+The engine and the gateway talk to the ledger only through ``LedgerClient``,
+whether the ledger runs in-process (``ledger.store.SqlLedger``) or, later, as
+its own service behind gRPC. This package never imports ``l7``.
+
+Event format (DESIGN §4). The hashed *body* of an event is the JSON object::
+
+    {"event_id", "decision_id", "event_type", "schema_version",
+     "policy_version", "actor", "payload", "unique_key", "timestamps": {"at"}}
+
+canonicalized with RFC 8785 (JCS). Its integrity block is
+``{sequence, prev_hash, hash, global_seq}`` with::
+
+    hash = sha256( prev_hash_hex_ascii || JCS(body) )     (lower-case hex)
+
+``prev_hash`` of the first event in a stream is ``GENESIS_HASH`` (64 zeros).
+``sequence`` counts from 1 per decision stream; ``global_seq`` counts from 1
+over the whole ledger with no gaps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, NewType, Protocol
+
+__all__ = [
+    "GENESIS_HASH",
+    "SCHEMA_VERSION",
+    "Confirmation",
+    "EventHash",
+    "EventType",
+    "LedgerClient",
+    "NewEvent",
+    "ProgressFn",
+    "StoredEvent",
+    "VerifyReport",
+]
+
+EventHash = NewType("EventHash", str)
+GENESIS_HASH = EventHash("0" * 64)
+SCHEMA_VERSION = 1
+
+ProgressFn = Callable[[int, int], None]
+"""progress(done, total) called during long scans."""
+
+
+class EventType(str, Enum):
+    """Closed set of event types the ledger accepts (DESIGN §4)."""
+
+    POLICY_ACTIVATED = "policy.activated"
+    DECISION_CREATED = "decision.created"
+    DECISION_EVALUATED = "decision.evaluated"
+    POLICY_GATE = "policy.gate"
+    RISK_SCORED = "risk.scored"
+    AUTHORITY_REQUIRED = "authority.required"
+    APPROVAL_ADDED = "approval.added"
+    APPROVAL_REJECTED = "approval.rejected"
+    OVERRIDE_BREAKGLASS = "override.breakglass"
+    BREAKGLASS_REVIEWED = "breakglass.reviewed"
+    ENFORCEMENT_RESULT = "enforcement.result"
+    EXECUTION_AUTHORIZED = "execution.authorized"
+    EXECUTION_CONFIRMED = "execution.confirmed"
+    DECISION_EXPIRED = "decision.expired"
+    DECISION_CANCELLED = "decision.cancelled"
+    AUTHORITY_ESCALATED = "authority.escalated"
+    DELEGATION_GRANTED = "delegation.granted"
+    KEY_REGISTERED = "key.registered"
+    KEY_REVOKED = "key.revoked"
+    LEDGER_ACCESSED = "ledger.accessed"
+    ANOMALY_DETECTED = "anomaly.detected"
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event as the caller proposes it; the ledger fills in the rest."""
+
+    decision_id: str
+    event_type: EventType
+    actor: str
+    policy_version: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    unique_key: str | None = None
+    """If set, the ledger refuses a second event with the same key (DuplicateKey)."""
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What the ledger returns for each event it has durably committed."""
+
+    event_id: str
+    decision_id: str
+    sequence: int
+    global_seq: int
+    hash: EventHash
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event as read back from the ledger."""
+
+    event_id: str
+    decision_id: str
+    event_type: str
+    schema_version: int
+    policy_version: str
+    actor: str
+    payload: Mapping[str, Any]
+    unique_key: str | None
+    at: str
+    sequence: int
+    prev_hash: EventHash
+    hash: EventHash
+    global_seq: int
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Result of a verification that passed (a failure raises IntegrityViolation)."""
+
+    events: int
+    streams: int
+    last_global_seq: int
+    head_hash: EventHash
+
+
+class LedgerClient(Protocol):
+    """How the engine and gateway use a ledger. Implementations are thread-safe."""
+
+    def append(self, events: Sequence[NewEvent]) -> list[Confirmation]:
+        """Durably append a batch atomically: all events are confirmed, or none is.
+
+        Raises DuplicateKey if any event's unique_key is taken (nothing is written),
+        InvalidEvent for an event that cannot be canonicalized, LedgerUnavailable
+        when the store cannot commit.
+        """
+        ...
+
+    def get_stream(self, decision_id: str) -> list[StoredEvent]:
+        """All events of one decision, in sequence order (empty if none)."""
+        ...
+
+    def find_by_unique_key(self, unique_key: str) -> StoredEvent | None:
+        """The event holding ``unique_key``, or None."""
+        ...
+
+    def iter_events(self, *, after_global_seq: int = 0) -> Iterator[StoredEvent]:
+        """Every event in global order, starting after ``after_global_seq``."""
+        ...
+
+    def count(self) -> int:
+        """Number of events in the ledger."""
+        ...
+
+    def verify(self, progress: ProgressFn | None = None) -> VerifyReport:
+        """Re-check every stream and the global sequence; raises IntegrityViolation."""
+        ...
+
+    def close(self) -> None:
+        """Flush pending writes and release the store."""
+        ...
