@@ -1,0 +1,97 @@
+package l7.authority_test
+
+import data.l7.authority
+
+_req(cls, env, ttype, payload) := {
+	"action": {"class": cls, "target": {"type": ttype, "id": "t-1"}, "payload": payload},
+	"context": {"actor": {"id": "alice", "level": 1}, "environment": env},
+}
+
+_none := {"required_levels": [], "min_signatures": 0, "cosign": [], "clauses": []}
+
+_supervisor := {"id": "supervisor", "min_level": 2, "count": 1}
+
+_manager := {"id": "manager", "min_level": 3, "count": 1}
+
+_managers := {"id": "managers", "min_level": 3, "count": 2}
+
+_cosign := {"id": "security_cosign", "min_level": 4, "count": 1}
+
+_executive := {"id": "executive", "min_level": 5, "count": 1}
+
+test_low_band_routine_class_needs_no_one if {
+	authority.requirements == _none with input as _req("data.read", "dev", "dataset", {})
+}
+
+test_medium_band_routine_class_needs_no_one if {
+	authority.requirements == _none with input as _req("data.read", "production", "dataset", {})
+}
+
+test_high_band_routine_class_needs_a_supervisor if {
+	authority.requirements == {
+		"required_levels": [2],
+		"min_signatures": 1,
+		"cosign": [],
+		"clauses": [_supervisor],
+	} with input as _req("data.read", "production", "dataset", {"sensitivity": ["pii", "credentials"]})
+}
+
+test_medium_deploy_needs_a_supervisor_and_security_cosign if {
+	authority.requirements == {
+		"required_levels": [2, 4],
+		"min_signatures": 2,
+		"cosign": [4],
+		"clauses": [_supervisor, _cosign],
+	} with input as _req("deploy.release", "production", "service", {})
+}
+
+test_high_deploy_needs_two_managers_and_security_cosign if {
+	authority.requirements == {
+		"required_levels": [3, 4],
+		"min_signatures": 3,
+		"cosign": [4],
+		"clauses": [_managers, _cosign],
+	} with input as _req("deploy.release", "production", "service", {"blast_radius": 40})
+}
+
+test_low_band_deploy_needs_no_cosign if {
+	authority.requirements == _none with input as _req("deploy.release", "dev", "service", {})
+}
+
+test_privileged_class_needs_a_supervisor_even_when_low if {
+	authority.requirements == {
+		"required_levels": [2],
+		"min_signatures": 1,
+		"cosign": [],
+		"clauses": [_supervisor],
+	} with input as _req("funds.transfer", "dev", "account", {"amount": 0})
+		with data.l7.config.classes["funds.transfer"].base as 0
+}
+
+test_privileged_medium_needs_a_manager_and_cosign if {
+	authority.requirements == {
+		"required_levels": [3, 4],
+		"min_signatures": 2,
+		"cosign": [4],
+		"clauses": [_manager, _cosign],
+	} with input as _req("funds.transfer", "dev", "account", {"amount": 25})
+}
+
+test_critical_is_one_executive_clause if {
+	authority.requirements == {
+		"required_levels": [5],
+		"min_signatures": 1,
+		"cosign": [],
+		"clauses": [_executive],
+	} with input as _req("funds.transfer", "production", "account", {"amount": 1000000})
+}
+
+test_unknown_profile_falls_to_the_executive if {
+	authority.clauses == [_executive] with input as _req("data.read", "dev", "dataset", {})
+		with data.l7.config.classes["data.read"].authority_profile as "nonexistent"
+}
+
+test_cosign_bands_come_from_data if {
+	authority.cosign == [] with input as _req("deploy.release", "production", "service", {})
+		with data.l7.config.authority.cosign.bands as ["high"]
+}
