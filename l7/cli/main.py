@@ -1,0 +1,241 @@
+"""``l7``: serve, decide, inspect decisions, verify the ledger, build bundles, demo.
+
+Exit codes: 0 success, 1 the thing checked failed or was refused, 2 bad usage
+or configuration (the message names the flag or file at fault).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from l7.cli.progress import Progress
+from l7.engine.state import fold_decision
+from l7.errors import ConfigError, L7Error, RequestInvalid
+from l7.stack import REPO_ROOT, Stack, StackConfig
+from ledger import IntegrityViolation, LedgerError, open_ledger
+
+__all__ = ["main"]
+
+DEFAULT_LEDGER = StackConfig().ledger_url
+DEFAULT_ADDR = "127.0.0.1:50051"
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def _read_request(path: str) -> dict[str, Any]:
+    src = "stdin" if path == "-" else path
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{src}: cannot read request ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise RequestInvalid(src, "is not UTF-8 text") from e
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RequestInvalid(src, f"is not valid JSON: {e.msg} at line {e.lineno}") from e
+    if not isinstance(obj, dict):
+        raise RequestInvalid(src, "must contain a JSON object")
+    return obj
+
+
+# -- commands ----------------------------------------------------------------------------
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    _ensure_sqlite_dir(a.ledger)
+    stack = Stack(StackConfig(env=a.env, ledger_url=a.ledger, addr=a.addr, opa_url=a.opa_url))
+    stack.start()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    rev = stack.bundle.revision[:12] if stack.bundle else "external OPA"
+    print(
+        f"Layer-7 serving Governance on {stack.target}\n"
+        f"  policy bundle : {a.env} @ {rev}\n"
+        f"  OPA           : {stack.opa.url if stack.opa else a.opa_url}\n"
+        f"  ledger        : {a.ledger}\n"
+        f"Try it (in another shell):\n"
+        f"  .venv/bin/l7 decide --target {stack.target} examples/requests/read-dev.json\n"
+        f"Ctrl-C stops.",
+        flush=True,
+    )
+    try:
+        stop.wait()
+    finally:
+        print("stopping...", file=sys.stderr)
+        stack.stop()
+    return 0
+
+
+def cmd_decide(a: argparse.Namespace) -> int:
+    from l7.client import GovernanceClient, RemoteError
+
+    request = _read_request(a.file)
+    if a.embedded:
+        _ensure_sqlite_dir(a.ledger)
+        cfg = StackConfig(env=a.env, ledger_url=a.ledger, opa_url=a.opa_url)
+        with Stack(cfg) as stack, GovernanceClient(stack.target) as client:
+            out = client.decide(request)
+    else:
+        try:
+            with GovernanceClient(a.target) as client:
+                out = client.decide(request)
+        except RemoteError as e:
+            _print_json({"error": {"code": e.code.name, "reason": e.reason, "message": e.message}})
+            return 1
+    _print_json(out)
+    return 0
+
+
+def cmd_decision_show(a: argparse.Namespace) -> int:
+    led = open_ledger(a.ledger, create=False)
+    try:
+        events = led.get_stream(a.decision_id)
+    finally:
+        led.close()
+    if not events:
+        print(f"no decision {a.decision_id!r} in {a.ledger}", file=sys.stderr)
+        return 1
+    out = fold_decision(events).to_dict()
+    out["events"] = [
+        {"sequence": e.sequence, "type": e.event_type, "at": e.at, "hash": e.hash} for e in events
+    ]
+    _print_json(out)
+    return 0
+
+
+def cmd_ledger_verify(a: argparse.Namespace) -> int:
+    led = open_ledger(a.ledger, create=False)
+    try:
+        report = led.verify(progress=Progress("verifying ledger"))
+    except IntegrityViolation as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        return 1
+    finally:
+        led.close()
+    print(
+        f"OK: {report.events:,} events in {report.streams:,} streams verified; "
+        f"head global_seq {report.last_global_seq} hash {report.head_hash}"
+    )
+    return 0
+
+
+def cmd_bundle(a: argparse.Namespace) -> int:
+    from l7.policy.bundle import build_bundle, verify_lock, write_lock
+    from l7.policy.opa_process import find_opa
+
+    opa_bin = find_opa(a.opa_bin)
+    out_dir = REPO_ROOT / ".build" / "bundles"
+    envs = a.env or sorted(p.name for p in (REPO_ROOT / "bundles").iterdir() if p.is_dir())
+    for env in envs:
+        if a.bundle_cmd == "build":
+            built = build_bundle(env, repo_root=REPO_ROOT, out_dir=out_dir, opa_bin=opa_bin)
+            write_lock(built, REPO_ROOT)
+            print(f"{env}: revision {built.revision} -> {built.path} (lock updated)")
+        else:
+            built = verify_lock(env, repo_root=REPO_ROOT, out_dir=out_dir, opa_bin=opa_bin)
+            print(f"{env}: lock matches, revision {built.revision}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from l7.cli.demo import run_demo
+
+    return run_demo(keep=a.keep)
+
+
+# -- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="l7", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def ledger_flag(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--ledger", default=DEFAULT_LEDGER, help="ledger database URL")
+
+    sp = sub.add_parser("serve", help="serve the Governance API (starts OPA with the bundle)")
+    sp.add_argument("--env", default="local", help="bundle environment under bundles/")
+    sp.add_argument("--addr", default=DEFAULT_ADDR, help="listen address (loopback)")
+    sp.add_argument("--opa-url", help="use this running OPA instead of starting one")
+    ledger_flag(sp)
+    sp.set_defaults(fn=cmd_serve)
+
+    sp = sub.add_parser("decide", help="judge a JSON request from FILE or stdin")
+    sp.add_argument("file", nargs="?", default="-", help="request JSON file, - for stdin")
+    sp.add_argument("--target", default=DEFAULT_ADDR, help="server address")
+    sp.add_argument("--embedded", action="store_true", help="start a private stack for this call")
+    sp.add_argument("--env", default="local", help="bundle environment (with --embedded)")
+    sp.add_argument("--opa-url", help="external OPA (with --embedded)")
+    ledger_flag(sp)
+    sp.set_defaults(fn=cmd_decide)
+
+    sp = sub.add_parser("decision", help="inspect decisions")
+    dsub = sp.add_subparsers(dest="decision_cmd", required=True, metavar="SUBCOMMAND")
+    show = dsub.add_parser("show", help="a decision rebuilt from its ledger events alone")
+    show.add_argument("decision_id")
+    ledger_flag(show)
+    show.set_defaults(fn=cmd_decision_show)
+
+    sp = sub.add_parser("ledger", help="ledger operations")
+    lsub = sp.add_subparsers(dest="ledger_cmd", required=True, metavar="SUBCOMMAND")
+    ver = lsub.add_parser("verify", help="re-check every hash chain and the global sequence")
+    ledger_flag(ver)
+    ver.set_defaults(fn=cmd_ledger_verify)
+
+    sp = sub.add_parser("bundle", help="build or verify policy bundles and their locks")
+    bsub = sp.add_subparsers(dest="bundle_cmd", required=True, metavar="SUBCOMMAND")
+    for name, text in (("build", "build and update the lock"), ("verify", "rebuild, check lock")):
+        b = bsub.add_parser(name, help=text)
+        b.add_argument("--env", action="append", help="environment (repeatable; default all)")
+        b.add_argument("--opa-bin", help="OPA binary (default .tools/opa)")
+        b.set_defaults(fn=cmd_bundle)
+
+    sp = sub.add_parser("demo", help="start a private stack and walk a readable scenario")
+    sp.add_argument("--keep", action="store_true", help="keep the demo's work directory")
+    sp.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        rc: int = args.fn(args)
+    except ConfigError as e:
+        print(f"l7: configuration error: {e}", file=sys.stderr)
+        return 2
+    except L7Error as e:
+        print(f"l7: {e.reason}: {e}", file=sys.stderr)
+        return 1
+    except LedgerError as e:
+        print(f"l7: ledger error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""A small Python client for the Governance API, used by the CLI, the demo and tests.
+
+Errors come back as ``RemoteError`` carrying the gRPC code and the
+machine-readable ``reason`` from the server's ``google.rpc.ErrorInfo``.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any, cast
+
+import grpc
+from google.protobuf import json_format
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from l7.errors import L7Error
+from l7.server.convert import request_to_proto
+from l7.v1 import governance_pb2 as pb
+from l7.v1 import governance_pb2_grpc as pb_grpc
+
+__all__ = ["GovernanceClient", "RemoteError", "decision_json"]
+
+_OUTCOME = {v: k.removeprefix("OUTCOME_") for k, v in pb.Outcome.items()}
+_STATUS = {v: k.removeprefix("STATUS_").lower() for k, v in pb.Status.items()}
+
+
+class RemoteError(L7Error):
+    """The server refused the call; ``reason`` is its machine-readable cause."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str, field: str = "") -> None:
+        super().__init__(f"{code.name} {reason}: {message}")
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.field = field
+
+
+def _remote_error(err: grpc.RpcError) -> RemoteError:
+    code: grpc.StatusCode = err.code()
+    reason, field = "", ""
+    status = rpc_status.from_call(cast(grpc.Call, err))
+    if status is not None:
+        for d in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if d.Is(info.DESCRIPTOR) and d.Unpack(info):
+                reason, field = info.reason, info.metadata.get("field", "")
+    if not reason:
+        reason = "unavailable" if code == grpc.StatusCode.UNAVAILABLE else code.name.lower()
+    return RemoteError(code, reason, err.details() or "", field)
+
+
+def decision_json(d: pb.Decision) -> dict[str, Any]:
+    """A Decision message as plain JSON (outcome 'ALLOW', status 'authorized', ...)."""
+    out = json_format.MessageToDict(
+        d, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    out["outcome"] = _OUTCOME[d.outcome]
+    out["status"] = _STATUS[d.status]
+    return out
+
+
+class GovernanceClient:
+    def __init__(self, target: str, *, timeout_s: float = 10.0) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(target)
+        self._stub = pb_grpc.GovernanceStub(self._channel)
+
+    def decide_proto(self, req: pb.DecideRequest) -> pb.DecideResponse:
+        try:
+            resp: pb.DecideResponse = self._stub.Decide(req, timeout=self.timeout_s)
+        except grpc.RpcError as e:
+            raise _remote_error(e) from None
+        return resp
+
+    def decide(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Decide a JSON request; returns the decision as JSON plus ``replayed``."""
+        resp = self.decide_proto(request_to_proto(request))
+        out = decision_json(resp.decision)
+        out["replayed"] = resp.replayed
+        return out
+
+    def get_decision(self, decision_id: str) -> dict[str, Any]:
+        try:
+            resp = self._stub.GetDecision(
+                pb.GetDecisionRequest(decision_id=decision_id), timeout=self.timeout_s
+            )
+        except grpc.RpcError as e:
+            raise _remote_error(e) from None
+        return decision_json(resp.decision)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> GovernanceClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,263 @@
+"""Frozen domain values shared by the engine, the policy client and the API edge.
+
+Protobuf and JSON live only at the edges (``l7.server.convert``, the CLI) and
+are converted to these types once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, NewType
+
+import rfc8785
+
+__all__ = [
+    "Action",
+    "Actor",
+    "Authority",
+    "Band",
+    "Clause",
+    "Context",
+    "Decision",
+    "DecisionId",
+    "DecisionRequest",
+    "Gate",
+    "Judgement",
+    "LedgerRef",
+    "Outcome",
+    "Risk",
+    "Status",
+    "Target",
+    "sha256_hex",
+]
+
+DecisionId = NewType("DecisionId", str)
+
+MIN_LEVEL = 1
+MAX_LEVEL = 5
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Outcome(str, Enum):
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+    QUEUE = "QUEUE"
+    ESCALATE = "ESCALATE"
+
+
+class Status(str, Enum):
+    DRAFT = "draft"
+    EVALUATED = "evaluated"
+    PENDING_AUTHORITY = "pending_authority"
+    AUTHORIZED = "authorized"
+    EXECUTED = "executed"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+    @classmethod
+    def after_evaluation(cls, outcome: Outcome) -> Status:
+        """The state an evaluated decision moves to for a given outcome."""
+        if outcome is Outcome.ALLOW:
+            return cls.AUTHORIZED
+        if outcome is Outcome.DENY:
+            return cls.DENIED
+        return cls.PENDING_AUTHORITY
+
+
+class Band(str, Enum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True)
+class Target:
+    type: str
+    id: str
+
+
+@dataclass(frozen=True)
+class Action:
+    action_class: str
+    intent: str
+    target: Target
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Actor:
+    id: str
+    role: str
+    level: int
+
+
+@dataclass(frozen=True)
+class Context:
+    actor: Actor
+    environment: str
+    request_source: str = ""
+    session: str = ""
+
+
+@dataclass(frozen=True)
+class DecisionRequest:
+    """A validated request to judge one proposed action."""
+
+    action: Action
+    context: Context
+    idempotency_key: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The request as JSON (the shape policy input, the ledger and the CLI use)."""
+        return {
+            "action": {
+                "class": self.action.action_class,
+                "intent": self.action.intent,
+                "target": {"type": self.action.target.type, "id": self.action.target.id},
+                "payload": dict(self.action.payload),
+            },
+            "context": {
+                "actor": {
+                    "id": self.context.actor.id,
+                    "role": self.context.actor.role,
+                    "level": self.context.actor.level,
+                },
+                "environment": self.context.environment,
+                "request_source": self.context.request_source,
+                "session": self.context.session,
+            },
+        }
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical (RFC 8785) request, without the idempotency key."""
+        return sha256_hex(rfc8785.dumps(self.to_dict()))
+
+
+@dataclass(frozen=True)
+class Gate:
+    id: str
+    title: str
+    passed: bool
+    reason: str
+    severity: str
+
+
+@dataclass(frozen=True)
+class Risk:
+    score: int
+    band: Band
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Clause:
+    """``count`` distinct approvers at ``min_level`` or above (clauses are ANDed)."""
+
+    id: str
+    min_level: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Authority:
+    required_levels: tuple[int, ...]
+    min_signatures: int
+    cosign: tuple[int, ...]
+    clauses: tuple[Clause, ...]
+
+    @classmethod
+    def none(cls) -> Authority:
+        return cls((), 0, (), ())
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What policy said about a request, pinned to the bundle revision that said it."""
+
+    outcome: Outcome
+    environment: str
+    enforcement_mode: str
+    gates: tuple[Gate, ...]
+    risk: Risk
+    authority: Authority
+    reasons: tuple[str, ...]
+    policy_version: str
+
+
+@dataclass(frozen=True)
+class LedgerRef:
+    """Where the ledger confirmed the last event of a decision."""
+
+    global_seq: int
+    hash: str
+    event_id: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    decision_id: DecisionId
+    status: Status
+    outcome: Outcome
+    reason_code: str
+    reasons: tuple[str, ...]
+    request: DecisionRequest
+    policy_version: str
+    created_at: str
+    ledger: LedgerRef
+    judgement: Judgement | None = None
+    """None when policy could not be consulted (the decision is then DENY)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON view, as printed by the CLI."""
+        j = self.judgement
+        out: dict[str, Any] = {
+            "decision_id": self.decision_id,
+            "status": self.status.value,
+            "outcome": self.outcome.value,
+            "reason_code": self.reason_code,
+            "reasons": list(self.reasons),
+            "policy_version": self.policy_version,
+            "created_at": self.created_at,
+            "ledger": {
+                "global_seq": self.ledger.global_seq,
+                "hash": self.ledger.hash,
+                "event_id": self.ledger.event_id,
+            },
+            "request": self.request.to_dict(),
+        }
+        if j is not None:
+            out["environment"] = j.environment
+            out["enforcement_mode"] = j.enforcement_mode
+            out["risk"] = {
+                "score": j.risk.score,
+                "band": j.risk.band.value,
+                "reasons": list(j.risk.reasons),
+            }
+            out["authority"] = {
+                "required_levels": list(j.authority.required_levels),
+                "min_signatures": j.authority.min_signatures,
+                "cosign": list(j.authority.cosign),
+                "clauses": [
+                    {"id": c.id, "min_level": c.min_level, "count": c.count}
+                    for c in j.authority.clauses
+                ],
+            }
+            out["gates"] = [
+                {
+                    "id": g.id,
+                    "title": g.title,
+                    "result": "pass" if g.passed else "fail",
+                    "reason": g.reason,
+                    "severity": g.severity,
+                }
+                for g in j.gates
+            ]
+        return out

@@ -1,0 +1,160 @@
+"""Boundary A: judge a request, record every step, answer only after the ledger confirms.
+
+    validate (edge) -> idempotency check -> OPA judgement -> outcome/status
+        -> one atomic ledger batch -> confirmation -> Decision
+
+Fail closed: OPA unusable -> DENY ``policy_store_degraded`` (recorded);
+ledger unusable -> ``LedgerDegraded`` (the caller gets UNAVAILABLE, never ALLOW).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from l7.domain import Decision, DecisionId, DecisionRequest, Judgement, LedgerRef, Outcome, Status
+from l7.engine.events import UNKNOWN_POLICY_VERSION, decision_events, idempotency_unique_key
+from l7.engine.interface import Clock, PolicyEvaluator
+from l7.engine.state import fold_decision
+from l7.errors import DecisionNotFound, IdempotencyConflict, LedgerDegraded, PolicyStoreDegraded
+from ledger import DuplicateKey, LedgerClient, LedgerError, StoredEvent
+
+__all__ = ["Engine"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _KeyLocks:
+    """Serializes work per key inside this process (idempotent retries racing each other)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+class Engine:
+    def __init__(
+        self, policy: PolicyEvaluator, ledger: LedgerClient, *, clock: Clock = _utcnow
+    ) -> None:
+        self.policy = policy
+        self.ledger = ledger
+        self.clock = clock
+        self._keys = _KeyLocks()
+
+    # -- Decide --------------------------------------------------------------------------
+
+    def decide(self, request: DecisionRequest) -> tuple[Decision, bool]:
+        """Judge ``request``; returns (decision, replayed)."""
+        if not request.idempotency_key:
+            return self._decide_new(request), False
+        unique = idempotency_unique_key(request.context.actor.id, request.idempotency_key)
+        with self._keys.hold(unique):
+            existing = self._read(lambda: self.ledger.find_by_unique_key(unique))
+            if existing is not None:
+                return self._replay(existing, request), True
+            try:
+                return self._decide_new(request), False
+            except DuplicateKey:
+                # Another engine process recorded the same key between our read and write.
+                existing = self._read(lambda: self.ledger.find_by_unique_key(unique))
+                if existing is None:
+                    raise LedgerDegraded(
+                        f"idempotency key {request.idempotency_key!r} is taken but its "
+                        "decision cannot be read; retry shortly"
+                    ) from None
+                return self._replay(existing, request), True
+
+    def _replay(self, created: StoredEvent, request: DecisionRequest) -> Decision:
+        if created.payload.get("request_sha256") != request.fingerprint():
+            raise IdempotencyConflict(request.idempotency_key, created.decision_id)
+        return self.get_decision(created.decision_id)
+
+    def _decide_new(self, request: DecisionRequest) -> Decision:
+        decision_id = DecisionId(str(uuid.uuid4()))
+        created_at = self.clock().isoformat().replace("+00:00", "Z")
+        judgement: Judgement | None
+        reasons: tuple[str, ...]
+        try:
+            judgement = self.policy.evaluate(request.to_dict())
+        except PolicyStoreDegraded as e:
+            log.warning("decision %s denied: policy store degraded: %s", decision_id, e)
+            judgement = None
+            reason_code, reasons = PolicyStoreDegraded.reason, (str(e),)
+            outcome = Outcome.DENY
+        else:
+            reason_code, reasons = "policy", judgement.reasons
+            outcome = judgement.outcome
+        events = decision_events(
+            decision_id,
+            request,
+            created_at=created_at,
+            judgement=judgement,
+            reason_code=reason_code,
+            reasons=reasons,
+        )
+        try:
+            confirmations = self.ledger.append(events)
+        except DuplicateKey:
+            raise  # handled by decide(): a concurrent retry won the idempotency key
+        except LedgerError as e:
+            raise LedgerDegraded(
+                f"the ledger did not confirm decision {decision_id}: {e}; "
+                "nothing was allowed. Check the ledger store and retry"
+            ) from e
+        last = confirmations[-1]
+        return Decision(
+            decision_id=decision_id,
+            status=Status.after_evaluation(outcome),
+            outcome=outcome,
+            reason_code=reason_code,
+            reasons=reasons,
+            request=request,
+            policy_version=judgement.policy_version if judgement else UNKNOWN_POLICY_VERSION,
+            created_at=created_at,
+            ledger=LedgerRef(last.global_seq, last.hash, last.event_id),
+            judgement=judgement,
+        )
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get_decision(self, decision_id: str) -> Decision:
+        events = self._read(lambda: self.ledger.get_stream(decision_id))
+        if not events:
+            raise DecisionNotFound(decision_id)
+        return fold_decision(events)
+
+    def _read(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except LedgerError as e:
+            raise LedgerDegraded(f"the ledger could not be read: {e}") from e
+
+    def close(self) -> None:
+        self.policy.close()
