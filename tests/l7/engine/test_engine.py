@@ -1,0 +1,97 @@
+"""Engine logic with fakes: outcomes, events, idempotency, fail-closed paths."""
+
+from __future__ import annotations
+
+import pytest
+
+from l7.domain import Outcome, Status
+from l7.engine import Engine, request_from_dict
+from l7.engine.state import fold_decision
+from l7.errors import DecisionNotFound, IdempotencyConflict, LedgerDegraded
+from tests.conftest import request
+from tests.fakes import FakePolicy, MemoryLedger, judgement
+
+
+def make(outcome: Outcome = Outcome.ALLOW) -> tuple[Engine, FakePolicy, MemoryLedger]:
+    policy, led = FakePolicy(judgement(outcome)), MemoryLedger()
+    return Engine(policy, led), policy, led
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status"),
+    [
+        (Outcome.ALLOW, Status.AUTHORIZED),
+        (Outcome.DENY, Status.DENIED),
+        (Outcome.QUEUE, Status.PENDING_AUTHORITY),
+        (Outcome.ESCALATE, Status.PENDING_AUTHORITY),
+    ],
+)
+def test_outcome_maps_to_status_and_is_recorded_in_one_batch(
+    outcome: Outcome, status: Status
+) -> None:
+    engine, _, led = make(outcome)
+    d, replayed = engine.decide(request_from_dict(request()))
+    assert (d.outcome, d.status, replayed) == (outcome, status, False)
+    assert led.appends == 1
+    assert [e.event_type for e in led.events] == [
+        "decision.created",
+        "policy.gate",
+        "risk.scored",
+        "authority.required",
+        "decision.evaluated",
+        "enforcement.result",
+    ]
+    assert d.ledger.global_seq == led.events[-1].global_seq
+
+
+def test_policy_gets_the_request_shape() -> None:
+    engine, policy, _ = make()
+    engine.decide(request_from_dict(request("deploy.release", env="staging")))
+    assert policy.calls[0]["action"]["class"] == "deploy.release"
+    assert policy.calls[0]["context"]["environment"] == "staging"
+
+
+def test_fold_reproduces_the_decide_answer() -> None:
+    engine, _, led = make(Outcome.QUEUE)
+    d, _ = engine.decide(request_from_dict(request(key="k")))
+    assert fold_decision(led.events) == d
+    assert engine.get_decision(d.decision_id) == d
+
+
+def test_policy_down_is_a_recorded_deny() -> None:
+    engine, policy, led = make()
+    policy.down = True
+    d, _ = engine.decide(request_from_dict(request()))
+    assert (d.outcome, d.status, d.reason_code) == (
+        Outcome.DENY,
+        Status.DENIED,
+        "policy_store_degraded",
+    )
+    assert d.policy_version == ""
+    assert [e.event_type for e in led.events] == ["decision.created", "enforcement.result"]
+    assert engine.get_decision(d.decision_id).reason_code == "policy_store_degraded"
+
+
+def test_ledger_down_raises_ledger_degraded_never_an_answer() -> None:
+    engine, _, led = make()
+    led.fail = True
+    with pytest.raises(LedgerDegraded, match="nothing was allowed"):
+        engine.decide(request_from_dict(request()))
+    with pytest.raises(LedgerDegraded, match="could not be read"):
+        engine.decide(request_from_dict(request(key="k")))
+
+
+def test_idempotent_replay_and_conflict() -> None:
+    engine, policy, led = make()
+    a, r1 = engine.decide(request_from_dict(request(key="k")))
+    b, r2 = engine.decide(request_from_dict(request(key="k")))
+    assert (a, r1, r2) == (b, False, True)
+    assert len(policy.calls) == 1 and led.appends == 1
+    with pytest.raises(IdempotencyConflict, match=a.decision_id):
+        engine.decide(request_from_dict(request(key="k", payload={"x": 1})))
+
+
+def test_unknown_decision() -> None:
+    engine, _, _ = make()
+    with pytest.raises(DecisionNotFound, match="nope"):
+        engine.get_decision("nope")
