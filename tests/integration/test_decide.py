@@ -45,7 +45,7 @@ def test_low_risk_read_is_allowed_and_fully_recorded(
     # The response names the ledger confirmation of the last event.
     assert stack.ledger is not None
     last = stack.ledger.get_stream(d["decision_id"])[-1]
-    assert (int(d["ledger"]["global_seq"]), d["ledger"]["hash"]) == (last.global_seq, last.hash)
+    assert (d["ledger"]["global_seq"], d["ledger"]["hash"]) == (last.global_seq, last.hash)
 
 
 def test_unknown_class_is_denied_by_the_allowlist_gate(client: GovernanceClient) -> None:
@@ -60,6 +60,7 @@ def test_production_deploy_is_queued_for_authority(client: GovernanceClient) -> 
     d = client.decide(example("deploy-prod.json"))
     assert d["outcome"] == "QUEUE"
     assert d["status"] == "pending_authority"
+    assert d["action"]["class"] == "deploy.release"  # echoed under the request's JSON name
     assert d["authority"]["min_signatures"] >= 2
     assert 4 in d["authority"]["cosign"]
 
