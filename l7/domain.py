@@ -17,7 +17,9 @@ import rfc8785
 __all__ = [
     "Action",
     "Actor",
+    "ApprovalRecord",
     "Authority",
+    "AuthorityState",
     "Band",
     "Clause",
     "Context",
@@ -27,6 +29,7 @@ __all__ = [
     "Gate",
     "Judgement",
     "LedgerRef",
+    "Lifecycle",
     "Outcome",
     "Risk",
     "Status",
@@ -179,6 +182,18 @@ class Authority:
 
 
 @dataclass(frozen=True)
+class Lifecycle:
+    """How long a pending decision waits per level, how long it lives, rationale needed."""
+
+    approval_window_s: int
+    ttl_s: int
+    rationale_required: bool
+
+
+DEFAULT_LIFECYCLE = Lifecycle(approval_window_s=3600, ttl_s=14400, rationale_required=True)
+
+
+@dataclass(frozen=True)
 class Judgement:
     """What policy said about a request, pinned to the bundle revision that said it."""
 
@@ -190,6 +205,44 @@ class Judgement:
     authority: Authority
     reasons: tuple[str, ...]
     policy_version: str
+    lifecycle: Lifecycle = DEFAULT_LIFECYCLE
+
+
+@dataclass(frozen=True)
+class ApprovalRecord:
+    """An accepted approval or rejection, as the ledger records it (never a private key)."""
+
+    approver: str
+    level: int
+    roles: tuple[str, ...]
+    team: str | None
+    verdict: str
+    method: str
+    key_id: str
+    signature_ref: str
+    payload_sha256: str
+    nonce: str
+    policy_version: str
+    at: str
+    rationale: Mapping[str, Any] | None = None
+    delegated_from: str | None = None
+
+
+@dataclass(frozen=True)
+class AuthorityState:
+    """Where a pending decision stands: the requirement now in force and who has signed."""
+
+    clauses: tuple[Clause, ...]
+    approvals: tuple[ApprovalRecord, ...]
+    escalations: int
+    escalate_at: int
+    """unix seconds when the current approval window lapses"""
+    expires_at: int
+    """unix seconds when the decision expires if still pending"""
+
+    @classmethod
+    def empty(cls) -> AuthorityState:
+        return cls((), (), 0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -214,6 +267,12 @@ class Decision:
     ledger: LedgerRef
     judgement: Judgement | None = None
     """None when policy could not be consulted (the decision is then DENY)."""
+    authority_state: AuthorityState = field(default_factory=AuthorityState.empty)
+
+    @property
+    def intent_hash(self) -> str:
+        """What approvers sign: sha256 of the canonical action."""
+        return "sha256:" + sha256_hex(rfc8785.dumps(self.request.to_dict()["action"]))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON view, as printed by the CLI."""
@@ -250,6 +309,34 @@ class Decision:
                     for c in j.authority.clauses
                 ],
             }
+            out["lifecycle"] = {
+                "approval_window_s": j.lifecycle.approval_window_s,
+                "ttl_s": j.lifecycle.ttl_s,
+                "rationale_required": j.lifecycle.rationale_required,
+            }
+            st = self.authority_state
+            out["authority_state"] = {
+                "clauses": [
+                    {"id": c.id, "min_level": c.min_level, "count": c.count} for c in st.clauses
+                ],
+                "approvals": [
+                    {
+                        "approver": a.approver,
+                        "level": a.level,
+                        "verdict": a.verdict,
+                        "method": a.method,
+                        "key_id": a.key_id,
+                        "signature_ref": a.signature_ref,
+                        "delegated_from": a.delegated_from,
+                        "at": a.at,
+                    }
+                    for a in st.approvals
+                ],
+                "escalations": st.escalations,
+                "escalate_at": st.escalate_at,
+                "expires_at": st.expires_at,
+            }
+            out["intent_hash"] = self.intent_hash
             out["gates"] = [
                 {
                     "id": g.id,

@@ -17,12 +17,21 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from l7.domain import Decision, DecisionId, DecisionRequest, Judgement, LedgerRef, Outcome, Status
-from l7.engine.events import UNKNOWN_POLICY_VERSION, decision_events, idempotency_unique_key
+from l7.domain import Decision, DecisionId, DecisionRequest, Judgement, Outcome
+from l7.engine.events import decision_events, idempotency_unique_key
 from l7.engine.interface import Clock, PolicyEvaluator
 from l7.engine.state import fold_decision
 from l7.errors import DecisionNotFound, IdempotencyConflict, LedgerDegraded, PolicyStoreDegraded
-from ledger import DuplicateKey, LedgerClient, LedgerError, StoredEvent
+from ledger import (
+    GENESIS_HASH,
+    SCHEMA_VERSION,
+    Confirmation,
+    DuplicateKey,
+    LedgerClient,
+    LedgerError,
+    NewEvent,
+    StoredEvent,
+)
 
 __all__ = ["Engine"]
 
@@ -33,6 +42,25 @@ T = TypeVar("T")
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _as_stored(e: NewEvent, c: Confirmation, at: str) -> StoredEvent:
+    """What the ledger now holds for an event it just confirmed (saves a read-back)."""
+    return StoredEvent(
+        event_id=c.event_id,
+        decision_id=e.decision_id,
+        event_type=e.event_type.value,
+        schema_version=SCHEMA_VERSION,
+        policy_version=e.policy_version,
+        actor=e.actor,
+        payload=e.payload,
+        unique_key=e.unique_key,
+        at=at,
+        sequence=c.sequence,
+        prev_hash=GENESIS_HASH,
+        hash=c.hash,
+        global_seq=c.global_seq,
+    )
 
 
 class _KeyLocks:
@@ -98,7 +126,8 @@ class Engine:
 
     def _decide_new(self, request: DecisionRequest) -> Decision:
         decision_id = DecisionId(str(uuid.uuid4()))
-        created_at = self.clock().isoformat().replace("+00:00", "Z")
+        now = self.clock()
+        created_at = now.isoformat().replace("+00:00", "Z")
         judgement: Judgement | None
         reasons: tuple[str, ...]
         try:
@@ -118,6 +147,7 @@ class Engine:
             judgement=judgement,
             reason_code=reason_code,
             reasons=reasons,
+            now=int(now.timestamp()),
         )
         try:
             confirmations = self.ledger.append(events)
@@ -128,18 +158,8 @@ class Engine:
                 f"the ledger did not confirm decision {decision_id}: {e}; "
                 "nothing was allowed. Check the ledger store and retry"
             ) from e
-        last = confirmations[-1]
-        return Decision(
-            decision_id=decision_id,
-            status=Status.after_evaluation(outcome),
-            outcome=outcome,
-            reason_code=reason_code,
-            reasons=reasons,
-            request=request,
-            policy_version=judgement.policy_version if judgement else UNKNOWN_POLICY_VERSION,
-            created_at=created_at,
-            ledger=LedgerRef(last.global_seq, last.hash, last.event_id),
-            judgement=judgement,
+        return fold_decision(
+            [_as_stored(e, c, created_at) for e, c in zip(events, confirmations, strict=True)]
         )
 
     # -- reads ---------------------------------------------------------------------------

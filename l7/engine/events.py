@@ -16,10 +16,18 @@ When policy could not be consulted only ``decision.created`` and an
 
 from __future__ import annotations
 
-from l7.domain import Decision, DecisionRequest, Judgement, Outcome, Status
+from collections.abc import Iterable
+
+from l7.domain import Clause, Decision, DecisionRequest, Judgement, Outcome, Status
 from ledger import EventType, NewEvent
 
-__all__ = ["UNKNOWN_POLICY_VERSION", "decision_events", "idempotency_unique_key"]
+__all__ = [
+    "UNKNOWN_POLICY_VERSION",
+    "clauses_json",
+    "decision_events",
+    "evaluation_events",
+    "idempotency_unique_key",
+]
 
 UNKNOWN_POLICY_VERSION = ""
 
@@ -37,7 +45,9 @@ def decision_events(
     judgement: Judgement | None,
     reason_code: str,
     reasons: tuple[str, ...],
+    now: int,
 ) -> list[NewEvent]:
+    """The stream of a new decision; ``now`` (unix seconds) anchors its deadlines."""
     actor = request.context.actor.id
     version = judgement.policy_version if judgement else UNKNOWN_POLICY_VERSION
     unique = (
@@ -68,51 +78,7 @@ def decision_events(
             Status.after_evaluation(judgement.outcome),
             judgement.enforcement_mode,
         )
-        events.extend(
-            ev(
-                EventType.POLICY_GATE,
-                {
-                    "gate": g.id,
-                    "title": g.title,
-                    "result": "pass" if g.passed else "fail",
-                    "reason": g.reason,
-                    "severity": g.severity,
-                },
-            )
-            for g in judgement.gates
-        )
-        r, a = judgement.risk, judgement.authority
-        events.append(
-            ev(
-                EventType.RISK_SCORED,
-                {"score": r.score, "band": r.band.value, "reasons": list(r.reasons)},
-            )
-        )
-        events.append(
-            ev(
-                EventType.AUTHORITY_REQUIRED,
-                {
-                    "required_levels": list(a.required_levels),
-                    "min_signatures": a.min_signatures,
-                    "cosign": list(a.cosign),
-                    "clauses": [
-                        {"id": c.id, "min_level": c.min_level, "count": c.count} for c in a.clauses
-                    ],
-                },
-            )
-        )
-        events.append(
-            ev(
-                EventType.DECISION_EVALUATED,
-                {
-                    "status": Status.EVALUATED.value,
-                    "outcome": judgement.outcome.value,
-                    "environment": judgement.environment,
-                    "enforcement_mode": mode,
-                    "reasons": list(judgement.reasons),
-                },
-            )
-        )
+        events.extend(evaluation_events(decision_id, actor, judgement, now=now))
     events.append(
         ev(
             EventType.ENFORCEMENT_RESULT,
@@ -126,6 +92,83 @@ def decision_events(
         )
     )
     return events
+
+
+def evaluation_events(
+    decision_id: str,
+    actor: str,
+    judgement: Judgement,
+    *,
+    now: int,
+    extra: dict[str, object] | None = None,
+) -> list[NewEvent]:
+    """policy.gate xN, risk.scored, authority.required (a new approval round), decision.evaluated.
+
+    Written at Decide, and again when a pending decision is re-judged under a new
+    policy revision (``extra`` then says so and which approvals were voided).
+    """
+    version = judgement.policy_version
+
+    def ev(kind: EventType, payload: dict[str, object]) -> NewEvent:
+        return NewEvent(decision_id, kind, actor, version, payload)
+
+    life = judgement.lifecycle
+    events = [
+        ev(
+            EventType.POLICY_GATE,
+            {
+                "gate": g.id,
+                "title": g.title,
+                "result": "pass" if g.passed else "fail",
+                "reason": g.reason,
+                "severity": g.severity,
+            },
+        )
+        for g in judgement.gates
+    ]
+    r, a = judgement.risk, judgement.authority
+    events.append(
+        ev(
+            EventType.RISK_SCORED,
+            {"score": r.score, "band": r.band.value, "reasons": list(r.reasons)},
+        )
+    )
+    events.append(
+        ev(
+            EventType.AUTHORITY_REQUIRED,
+            {
+                "required_levels": list(a.required_levels),
+                "min_signatures": a.min_signatures,
+                "cosign": list(a.cosign),
+                "clauses": clauses_json(a.clauses),
+                "lifecycle": {
+                    "approval_window_s": life.approval_window_s,
+                    "ttl_s": life.ttl_s,
+                    "rationale_required": life.rationale_required,
+                },
+                "escalate_at": now + life.approval_window_s,
+                "expires_at": now + life.ttl_s,
+            },
+        )
+    )
+    events.append(
+        ev(
+            EventType.DECISION_EVALUATED,
+            {
+                "status": Status.EVALUATED.value,
+                "outcome": judgement.outcome.value,
+                "environment": judgement.environment,
+                "enforcement_mode": judgement.enforcement_mode,
+                "reasons": list(judgement.reasons),
+                **(extra or {}),
+            },
+        )
+    )
+    return events
+
+
+def clauses_json(clauses: Iterable[Clause]) -> list[dict[str, object]]:
+    return [{"id": c.id, "min_level": c.min_level, "count": c.count} for c in clauses]
 
 
 def summary(decision: Decision) -> str:

@@ -1,16 +1,24 @@
 """Rebuild a decision from its ledger events alone (a pure fold).
 
-``GetDecision``, ``l7 decision show`` and idempotent replays all use this, so
-what a caller is told is exactly what the ledger can prove.
+``Decide``'s answer, ``GetDecision``, ``l7 decision show`` and idempotent
+replays all come from this fold, so what a caller is told is exactly what the
+ledger can prove.
+
+Approval rounds: every ``authority.required`` starts a new round (at Decide,
+and again when a pending decision is re-judged under a new policy revision);
+approvals gathered in an earlier round no longer count.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from l7.domain import (
+    ApprovalRecord,
     Authority,
+    AuthorityState,
     Band,
     Clause,
     Decision,
@@ -18,6 +26,7 @@ from l7.domain import (
     Gate,
     Judgement,
     LedgerRef,
+    Lifecycle,
     Outcome,
     Risk,
     Status,
@@ -28,72 +37,128 @@ from ledger import EventType, StoredEvent
 
 __all__ = ["fold_decision"]
 
+_E = EventType
 
-def _gate(p: Any) -> Gate:
-    return Gate(p["gate"], p["title"], p["result"] == "pass", p["reason"], p["severity"])
+
+def _clauses(raw: Sequence[Mapping[str, Any]]) -> tuple[Clause, ...]:
+    return tuple(Clause(c["id"], int(c["min_level"]), int(c["count"])) for c in raw)
+
+
+def _approval(p: Mapping[str, Any], e: StoredEvent) -> ApprovalRecord:
+    return ApprovalRecord(
+        approver=p["approver"],
+        level=int(p["level"]),
+        roles=tuple(p["roles"]),
+        team=p["team"],
+        verdict=p["verdict"],
+        method=p["method"],
+        key_id=p["key_id"],
+        signature_ref=p["signature_ref"],
+        payload_sha256=p["payload_sha256"],
+        nonce=p["nonce"],
+        policy_version=e.policy_version,
+        at=e.at,
+        rationale=p.get("rationale"),
+        delegated_from=p.get("delegated_from"),
+    )
+
+
+class _Fold:
+    def __init__(self, events: Sequence[StoredEvent]) -> None:
+        created = events[0].payload
+        req = request_from_dict(created["request"])
+        self.request = replace(req, idempotency_key=created["idempotency_key"])
+        self.created_at: str = created["created_at"]
+        self.gates: list[Gate] = []
+        self.risk: Risk | None = None
+        self.authority: Authority | None = None
+        self.lifecycle: Lifecycle | None = None
+        self.evaluated: Mapping[str, Any] | None = None
+        self.evaluated_version = ""
+        self.status, self.outcome = Status.DRAFT, Outcome.DENY
+        self.reason_code, self.reasons = "", ()
+        self.state = AuthorityState.empty()
+
+    def apply(self, e: StoredEvent) -> None:
+        p, kind = e.payload, e.event_type
+        if kind == _E.POLICY_GATE:
+            if self.evaluated is not None:  # a re-evaluation starts a fresh gate list
+                self.gates, self.evaluated = [], None
+            self.gates.append(
+                Gate(p["gate"], p["title"], p["result"] == "pass", p["reason"], p["severity"])
+            )
+        elif kind == _E.RISK_SCORED:
+            self.risk = Risk(int(p["score"]), Band(p["band"]), tuple(p["reasons"]))
+        elif kind == _E.AUTHORITY_REQUIRED:
+            clauses = _clauses(p["clauses"])
+            self.authority = Authority(
+                tuple(p["required_levels"]), int(p["min_signatures"]), tuple(p["cosign"]), clauses
+            )
+            life = p["lifecycle"]
+            self.lifecycle = Lifecycle(
+                int(life["approval_window_s"]), int(life["ttl_s"]), bool(life["rationale_required"])
+            )
+            # A new round: earlier approvals are void, the requirement is policy's again.
+            self.state = AuthorityState(clauses, (), 0, int(p["escalate_at"]), int(p["expires_at"]))
+        elif kind == _E.DECISION_EVALUATED:
+            self.evaluated, self.evaluated_version = p, e.policy_version
+            self.status = Status.EVALUATED
+        elif kind in (_E.APPROVAL_ADDED, _E.APPROVAL_REJECTED):
+            self.state = replace(self.state, approvals=(*self.state.approvals, _approval(p, e)))
+        elif kind == _E.AUTHORITY_ESCALATED:
+            self.state = replace(
+                self.state,
+                clauses=_clauses(p["clauses"]),
+                escalations=int(p["escalations"]),
+                escalate_at=int(p["escalate_at"]),
+            )
+        elif kind in (_E.ENFORCEMENT_RESULT, _E.DECISION_EXPIRED, _E.DECISION_CANCELLED):
+            self.status = Status(p["status"])
+            self.outcome = Outcome(p.get("outcome", Outcome.DENY.value))
+            self.reason_code = p.get("reason_code", kind)
+            self.reasons = tuple(p.get("reasons", ()))
+
+    def judgement(self) -> Judgement | None:
+        ev, risk, auth, life = self.evaluated, self.risk, self.authority, self.lifecycle
+        if ev is None or risk is None or auth is None or life is None:
+            return None
+        return Judgement(
+            outcome=Outcome(ev["outcome"]),
+            environment=ev["environment"],
+            enforcement_mode=ev["enforcement_mode"],
+            gates=tuple(self.gates),
+            risk=risk,
+            authority=auth,
+            reasons=tuple(ev["reasons"]),
+            policy_version=self.evaluated_version,
+            lifecycle=life,
+        )
 
 
 def fold_decision(events: Sequence[StoredEvent]) -> Decision:
     """Fold one decision stream. Raises LedgerDegraded if the stream is not a decision."""
-    if not events or events[0].event_type != EventType.DECISION_CREATED.value:
+    if not events or events[0].event_type != _E.DECISION_CREATED.value:
         raise LedgerDegraded("stream does not start with decision.created; run l7 ledger verify")
     try:
-        created = events[0].payload
-        request = request_from_dict(created["request"])
-        request = type(request)(request.action, request.context, created["idempotency_key"])
-        gates: list[Gate] = []
-        risk: Risk | None = None
-        authority: Authority | None = None
-        evaluated: dict[str, Any] | None = None
-        status, outcome, reason_code, reasons = Status.DRAFT, Outcome.DENY, "", ()
+        f = _Fold(events)
         for e in events[1:]:
-            p = e.payload
-            kind = e.event_type
-            if kind == EventType.POLICY_GATE.value:
-                gates.append(_gate(p))
-            elif kind == EventType.RISK_SCORED.value:
-                risk = Risk(int(p["score"]), Band(p["band"]), tuple(p["reasons"]))
-            elif kind == EventType.AUTHORITY_REQUIRED.value:
-                authority = Authority(
-                    tuple(p["required_levels"]),
-                    int(p["min_signatures"]),
-                    tuple(p["cosign"]),
-                    tuple(Clause(c["id"], c["min_level"], c["count"]) for c in p["clauses"]),
-                )
-            elif kind == EventType.DECISION_EVALUATED.value:
-                evaluated = dict(p)
-                status = Status.EVALUATED
-            elif kind == EventType.ENFORCEMENT_RESULT.value:
-                status = Status(p["status"])
-                outcome = Outcome(p["outcome"])
-                reason_code = p["reason_code"]
-                reasons = tuple(p["reasons"])
+            f.apply(e)
+        judgement = f.judgement()
     except (KeyError, TypeError, ValueError) as e:
         raise LedgerDegraded(
             f"decision {events[0].decision_id} has a malformed event ({e!r}); run l7 ledger verify"
         ) from e
-    judgement = None
-    if evaluated is not None and risk is not None and authority is not None:
-        judgement = Judgement(
-            outcome=Outcome(evaluated["outcome"]),
-            environment=evaluated["environment"],
-            enforcement_mode=evaluated["enforcement_mode"],
-            gates=tuple(gates),
-            risk=risk,
-            authority=authority,
-            reasons=tuple(evaluated["reasons"]),
-            policy_version=events[-1].policy_version,
-        )
     last = events[-1]
     return Decision(
         decision_id=DecisionId(events[0].decision_id),
-        status=status,
-        outcome=outcome,
-        reason_code=reason_code,
-        reasons=reasons,
-        request=request,
-        policy_version=last.policy_version,
-        created_at=created["created_at"],
+        status=f.status,
+        outcome=f.outcome,
+        reason_code=f.reason_code,
+        reasons=f.reasons,
+        request=f.request,
+        policy_version=f.evaluated_version or last.policy_version,
+        created_at=f.created_at,
         ledger=LedgerRef(last.global_seq, last.hash, last.event_id),
         judgement=judgement,
+        authority_state=f.state,
     )

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import requests
 from opa_client import OpaClient
 
-from l7.domain import Authority, Band, Clause, Gate, Judgement, Outcome, Risk
+from l7.domain import Authority, Band, Clause, Gate, Judgement, Lifecycle, Outcome, Risk
 from l7.errors import ConfigError, PolicyStoreDegraded
 
 __all__ = ["ENTRYPOINT", "OpaEvaluator", "parse_judgement"]
@@ -148,10 +148,21 @@ def parse_judgement(raw: Mapping[str, Any]) -> Judgement:
             for g in _list(res, "gates")
         )
         mode = _str(res, "enforcement_mode")
+        life_d = _map(res, "lifecycle")
+        rationale = life_d.get("rationale_required")
+        if not isinstance(rationale, bool):
+            raise PolicyStoreDegraded("policy lifecycle.rationale_required is not a boolean")
+        lifecycle = Lifecycle(
+            approval_window_s=_int(life_d, "approval_window_s"),
+            ttl_s=_int(life_d, "ttl_s"),
+            rationale_required=rationale,
+        )
     except (ValueError, TypeError, AttributeError) as e:
         raise PolicyStoreDegraded(f"policy result is malformed: {e}") from e
     if mode not in _MODES:
         raise PolicyStoreDegraded(f"policy result enforcement_mode {mode!r} is not one of {_MODES}")
+    if lifecycle.approval_window_s <= 0 or lifecycle.ttl_s <= 0:
+        raise PolicyStoreDegraded("policy lifecycle windows must be positive")
     if not 0 <= risk.score <= 100:
         raise PolicyStoreDegraded(f"policy risk score {risk.score} is outside 0..100")
     if not gates:
@@ -169,4 +180,5 @@ def parse_judgement(raw: Mapping[str, Any]) -> Judgement:
         authority=authority,
         reasons=tuple(str(r) for r in _list(res, "reasons")),
         policy_version=revision,
+        lifecycle=lifecycle,
     )

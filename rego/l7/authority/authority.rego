@@ -55,3 +55,25 @@ _cosign_applies if {
 _cosign_clauses := [_cosign_clause] if _cosign_applies
 
 else := []
+
+# lifecycle says how long a pending decision may wait for each level of authority
+# before it escalates (approval_window_s), when it expires (ttl_s), and whether
+# approvers must give a structured rationale. An unknown band gets the shortest
+# window and life (fail safe: escalate and expire sooner, never later).
+lifecycle := {
+	"approval_window_s": _per_band("approval_window_s", 3600),
+	"ttl_s": _per_band("ttl_s", 14400),
+	"rationale_required": _rationale_required,
+}
+
+_per_band(key, fallback) := n if {
+	n := lib.config.authority.lifecycle[key][risk.band]
+	is_number(n)
+	n > 0
+} else := fallback
+
+_rationale_required if {
+	risk.band in lib.param(["authority", "lifecycle", "rationale_required_bands"], ["high", "critical"])
+}
+
+default _rationale_required := false

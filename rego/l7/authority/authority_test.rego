@@ -95,3 +95,20 @@ test_cosign_bands_come_from_data if {
 	authority.cosign == [] with input as _req("deploy.release", "production", "service", {})
 		with data.l7.config.authority.cosign.bands as ["high"]
 }
+
+test_lifecycle_low_band_uses_the_long_window if {
+	authority.lifecycle == {"approval_window_s": 14400, "ttl_s": 86400, "rationale_required": false} with input as _req("data.read", "dev", "dataset", {})
+}
+
+test_lifecycle_high_band_needs_rationale_and_a_shorter_window if {
+	authority.lifecycle == {"approval_window_s": 7200, "ttl_s": 43200, "rationale_required": true} with input as _req("deploy.release", "production", "service", {"blast_radius": 40})
+}
+
+test_lifecycle_critical_is_shortest if {
+	authority.lifecycle == {"approval_window_s": 3600, "ttl_s": 14400, "rationale_required": true} with input as _req("funds.transfer", "production", "account", {"amount": 1000000})
+}
+
+test_lifecycle_missing_or_bad_data_fails_safe if {
+	authority.lifecycle == {"approval_window_s": 3600, "ttl_s": 14400, "rationale_required": true} with input as _req("deploy.release", "production", "service", {"blast_radius": 40})
+		with data.l7.config.authority.lifecycle as {"approval_window_s": {"high": "soon"}, "ttl_s": {"high": -1}}
+}

@@ -32,6 +32,7 @@ default result := {
 		"cosign": [],
 		"clauses": [{"id": "executive", "min_level": 5, "count": 1}],
 	},
+	"lifecycle": {"approval_window_s": 3600, "ttl_s": 14400, "rationale_required": true},
 	"reasons": ["policy could not evaluate the request: denied (fail closed)"],
 }
 
@@ -42,6 +43,7 @@ result := {
 	"gates": gates.list,
 	"risk": {"score": risk.score, "band": risk.band, "reasons": risk.reasons},
 	"authority": authority.requirements,
+	"lifecycle": authority.lifecycle,
 	"reasons": reasons,
 }
 

@@ -118,7 +118,7 @@ test_empty_and_absent_input_are_denied_with_the_full_shape if {
 	nothing := decision.result with input as "x"
 	every r in [empty, absent, array_input, nothing] {
 		r.outcome == "DENY"
-		object.keys(r) == {"outcome", "environment", "enforcement_mode", "gates", "risk", "authority", "reasons"}
+		object.keys(r) == {"outcome", "environment", "enforcement_mode", "gates", "risk", "authority", "lifecycle", "reasons"}
 		r.environment == "production"
 		count(r.gates) == 6
 		"input_complete" in _failed(r)

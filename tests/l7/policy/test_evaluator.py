@@ -28,6 +28,7 @@ GOOD: dict[str, Any] = {
                 {"id": "security_cosign", "min_level": 4, "count": 1},
             ],
         },
+        "lifecycle": {"approval_window_s": 7200, "ttl_s": 43200, "rationale_required": True},
         "reasons": ["needs authority"],
     },
 }
@@ -69,6 +70,9 @@ def test_good_answer_parses() -> None:
         ("result.gates", [], "no gates"),
         ("result.enforcement_mode", "off", "enforcement_mode"),
         ("result.authority", KeyError, "authority"),
+        ("result.lifecycle", KeyError, "lifecycle"),
+        ("result.lifecycle.ttl_s", 0, "positive"),
+        ("result.lifecycle.rationale_required", "yes", "boolean"),
     ],
 )
 def test_incomplete_answers_are_degraded(path: str, value: Any, match: str) -> None:
