@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from l7.domain import Decision, DecisionId, DecisionRequest, Judgement, Outcome
+from l7.domain import Decision, DecisionId, DecisionRequest, Judgement
 from l7.engine.events import decision_events, idempotency_unique_key
 from l7.engine.interface import Clock, PolicyEvaluator
 from l7.engine.state import fold_decision
@@ -136,10 +136,8 @@ class Engine:
             log.warning("decision %s denied: policy store degraded: %s", decision_id, e)
             judgement = None
             reason_code, reasons = PolicyStoreDegraded.reason, (str(e),)
-            outcome = Outcome.DENY
         else:
             reason_code, reasons = "policy", judgement.reasons
-            outcome = judgement.outcome
         events = decision_events(
             decision_id,
             request,
