@@ -63,18 +63,69 @@ def decision_json(d: pb.Decision) -> dict[str, Any]:
 
 
 class GovernanceClient:
-    def __init__(self, target: str, *, timeout_s: float = 10.0) -> None:
+    """``token``: the caller's OIDC JWT, sent as ``authorization: Bearer`` on every call."""
+
+    def __init__(self, target: str, *, token: str | None = None, timeout_s: float = 10.0) -> None:
         self.target = target
         self.timeout_s = timeout_s
+        self.token = token
         self._channel = grpc.insecure_channel(target)
         self._stub = pb_grpc.GovernanceStub(self._channel)
 
-    def decide_proto(self, req: pb.DecideRequest) -> pb.DecideResponse:
+    def _meta(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def _call(self, method: str, req: Any) -> Any:
         try:
-            resp: pb.DecideResponse = self._stub.Decide(req, timeout=self.timeout_s)
+            return getattr(self._stub, method)(req, timeout=self.timeout_s, metadata=self._meta())
         except grpc.RpcError as e:
             raise _remote_error(e) from None
+
+    def decide_proto(self, req: pb.DecideRequest) -> pb.DecideResponse:
+        resp: pb.DecideResponse = self._call("Decide", req)
         return resp
+
+    def approve(self, decision_id: str, signed: pb.SignedApproval) -> dict[str, Any]:
+        r = self._call("Approve", pb.ApproveRequest(decision_id=decision_id, approval=signed))
+        return decision_json(r.decision)
+
+    def reject(self, decision_id: str, signed: pb.SignedApproval) -> dict[str, Any]:
+        r = self._call("Reject", pb.RejectRequest(decision_id=decision_id, rejection=signed))
+        return decision_json(r.decision)
+
+    def cancel(self, decision_id: str, reason: str) -> dict[str, Any]:
+        r = self._call("Cancel", pb.CancelRequest(decision_id=decision_id, reason=reason))
+        return decision_json(r.decision)
+
+    def pending(self, limit: int = 100) -> list[dict[str, Any]]:
+        r = self._call("ListPending", pb.ListPendingRequest(limit=limit))
+        return [decision_json(d) for d in r.decisions]
+
+    def register_key(self, subject: str, key_id: str, method: str, public_key: bytes) -> int:
+        r = self._call(
+            "RegisterKey",
+            pb.RegisterKeyRequest(
+                subject=subject, key_id=key_id, method=method, public_key=public_key
+            ),
+        )
+        return int(r.ledger.global_seq)
+
+    def revoke_key(self, subject: str, key_id: str, reason: str) -> int:
+        r = self._call(
+            "RevokeKey", pb.RevokeKeyRequest(subject=subject, key_id=key_id, reason=reason)
+        )
+        return int(r.ledger.global_seq)
+
+    def delegate(
+        self, delegate: str, level: int, scopes: list[str], not_after: int, reason: str
+    ) -> int:
+        r = self._call(
+            "Delegate",
+            pb.DelegateRequest(
+                delegate=delegate, level=level, scopes=scopes, not_after=not_after, reason=reason
+            ),
+        )
+        return int(r.ledger.global_seq)
 
     def decide(self, request: dict[str, Any]) -> dict[str, Any]:
         """Decide a JSON request; returns the decision as JSON plus ``replayed``."""
@@ -84,13 +135,8 @@ class GovernanceClient:
         return out
 
     def get_decision(self, decision_id: str) -> dict[str, Any]:
-        try:
-            resp = self._stub.GetDecision(
-                pb.GetDecisionRequest(decision_id=decision_id), timeout=self.timeout_s
-            )
-        except grpc.RpcError as e:
-            raise _remote_error(e) from None
-        return decision_json(resp.decision)
+        r = self._call("GetDecision", pb.GetDecisionRequest(decision_id=decision_id))
+        return decision_json(r.decision)
 
     def close(self) -> None:
         self._channel.close()

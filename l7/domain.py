@@ -272,7 +272,9 @@ class Decision:
     @property
     def intent_hash(self) -> str:
         """What approvers sign: sha256 of the canonical action."""
-        return "sha256:" + sha256_hex(rfc8785.dumps(self.request.to_dict()["action"]))
+        from l7.crypto import intent_hash  # crypto imports errors only; no cycle at call time
+
+        return intent_hash(self.request.to_dict()["action"])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON view, as printed by the CLI."""

@@ -8,6 +8,7 @@ the same wiring.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -15,7 +16,10 @@ from types import TracebackType
 import grpc
 
 from l7.engine import Clock, Engine
+from l7.engine.authority import AuthorityService
 from l7.engine.engine import _utcnow
+from l7.errors import L7Error
+from l7.identity import TokenVerifier
 from l7.policy.bundle import BuiltBundle, verify_lock
 from l7.policy.evaluator import OpaEvaluator
 from l7.policy.opa_process import OpaProcess, find_opa
@@ -39,6 +43,11 @@ class StackConfig:
     repo_root: Path = REPO_ROOT
     work_dir: Path = REPO_ROOT / ".build"
     clock: Clock = field(default=_utcnow)
+    verifier: TokenVerifier | None = None
+    """Identity provider for callers and approvers (None: Decide is unauthenticated and
+    authority calls are refused)."""
+    sweep_interval_s: float = 30.0
+    """How often pending decisions are checked for escalation and expiry (0: never)."""
 
 
 class Stack:
@@ -48,8 +57,11 @@ class Stack:
         self.opa: OpaProcess | None = None
         self.ledger: LedgerClient | None = None
         self.engine: Engine | None = None
+        self.authority: AuthorityService | None = None
         self.server: grpc.Server | None = None
         self.port = 0
+        self._stop_sweeper = threading.Event()
+        self._sweeper: threading.Thread | None = None
 
     @property
     def target(self) -> str:
@@ -78,17 +90,40 @@ class Stack:
                 evaluator = OpaEvaluator(self.opa.url, expected_revision=self.bundle.revision)
             self.ledger = open_ledger(cfg.ledger_url)
             self.engine = Engine(evaluator, self.ledger, clock=cfg.clock)
-            self.server, self.port, _ = create_server(cfg.addr, self.engine)
+            self.authority = AuthorityService(self.engine)
+            self.server, self.port, _ = create_server(
+                cfg.addr, self.engine, authority=self.authority, verifier=cfg.verifier
+            )
             self.server.start()
+            if cfg.sweep_interval_s > 0:
+                self._sweeper = threading.Thread(
+                    target=self._sweep_loop, name="l7-sweeper", daemon=True
+                )
+                self._sweeper.start()
         except BaseException:
             self.stop()
             raise
         return self
 
+    def _sweep_loop(self) -> None:
+        while not self._stop_sweeper.wait(self.config.sweep_interval_s):
+            authority = self.authority
+            if authority is None:
+                return
+            try:
+                authority.sweep()
+            except L7Error as e:  # a degraded dependency: try again next round
+                log.warning("sweep skipped: %s", e)
+
     def stop(self) -> None:
+        self._stop_sweeper.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=10)
+            self._sweeper = None
         if self.server is not None:
             self.server.stop(grace=2).wait(5)
             self.server = None
+        self.authority = None
         if self.engine is not None:
             self.engine.close()
             self.engine = None

@@ -9,7 +9,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from l7.engine import Engine
+from l7.engine.authority import AuthorityService
 from l7.errors import ConfigError
+from l7.identity import TokenVerifier
 from l7.server.governance import GovernanceService
 from l7.server.interceptor import ErrorInterceptor
 from l7.v1 import governance_pb2 as pb
@@ -22,9 +24,15 @@ MAX_MESSAGE_BYTES = 256 * 1024
 
 
 def create_server(
-    addr: str, engine: Engine, *, max_workers: int = 32
+    addr: str,
+    engine: Engine,
+    *,
+    authority: AuthorityService | None = None,
+    verifier: TokenVerifier | None = None,
+    max_workers: int = 32,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A started-later server bound to ``addr`` (use port 0 for a free port)."""
+    authority = authority or AuthorityService(engine)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="l7-grpc"),
         interceptors=[ErrorInterceptor()],
@@ -33,7 +41,7 @@ def create_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_GovernanceServicer_to_server(GovernanceService(engine), server)
+    pb_grpc.add_GovernanceServicer_to_server(GovernanceService(engine, authority, verifier), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)

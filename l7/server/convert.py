@@ -7,6 +7,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from l7.domain import Decision, DecisionRequest, Outcome, Status
+from l7.engine.authority import requirement_progress
 from l7.engine.validate import request_from_dict
 from l7.v1 import governance_pb2 as pb
 
@@ -94,5 +95,38 @@ def decision_to_proto(dec: Decision) -> pb.Decision:
         out.gates.extend(
             pb.Gate(id=g.id, title=g.title, passed=g.passed, reason=g.reason, severity=g.severity)
             for g in j.gates
+        )
+        st = dec.authority_state
+        out.intent_hash = dec.intent_hash
+        out.authority_progress.CopyFrom(
+            pb.AuthorityProgress(
+                clauses=[
+                    pb.ClauseProgress(
+                        clause_id=v.clause.id,
+                        min_level=v.clause.min_level,
+                        count=v.clause.count,
+                        approvers=v.approvers,
+                        missing=v.missing,
+                    )
+                    for v in requirement_progress(dec)
+                ],
+                approvals=[
+                    pb.ApprovalRecord(
+                        approver=a.approver,
+                        level=a.level,
+                        verdict=a.verdict,
+                        method=a.method,
+                        key_id=a.key_id,
+                        signature_ref=a.signature_ref,
+                        delegated_from=a.delegated_from or "",
+                        at=a.at,
+                    )
+                    for a in st.approvals
+                ],
+                escalations=st.escalations,
+                escalate_at=st.escalate_at,
+                expires_at=st.expires_at,
+                rationale_required=j.lifecycle.rationale_required,
+            )
         )
     return out

@@ -1,32 +1,178 @@
-"""The Governance gRPC service: a thin edge over ``l7.engine.Engine``."""
+"""The Governance gRPC service: a thin edge over the engine and the authority service.
+
+Identity: every authority call, and Decide when an identity provider is
+configured, carries ``authorization: Bearer <OIDC JWT>``. The token is verified
+here, once per call, and the verified ``Identity`` is all the layers below see.
+"""
 
 from __future__ import annotations
 
+import json
+
 import grpc
 
+from l7.authority.approval import SignedApproval, Verdict
 from l7.engine import Engine
+from l7.engine.authority import AuthorityService
+from l7.errors import ApprovalInvalid, Forbidden, RequestInvalid, Unauthenticated
+from l7.identity import Identity, TokenVerifier
 from l7.server.convert import decision_to_proto, request_from_proto
 from l7.v1 import governance_pb2 as pb
 from l7.v1 import governance_pb2_grpc as pb_grpc
 
-__all__ = ["GovernanceService"]
+__all__ = ["GovernanceService", "bearer_token"]
+
+
+def bearer_token(context: grpc.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+            raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
+    return None
+
+
+def _signed(msg: pb.SignedApproval, field: str, verdict: Verdict) -> SignedApproval:
+    if not msg.payload_json:
+        raise RequestInvalid(f"{field}.payload_json", "is required")
+    try:
+        obj = json.loads(msg.payload_json)
+    except json.JSONDecodeError as e:
+        raise RequestInvalid(f"{field}.payload_json", f"is not valid JSON: {e.msg}") from e
+    signed = SignedApproval.from_json(
+        {"payload": obj, "method": msg.method, "signature": msg.signature}
+    )
+    if signed.payload.verdict != verdict.value:
+        raise ApprovalInvalid(
+            f"{field} carries verdict {signed.payload.verdict!r}; this call takes "
+            f"{verdict.value!r}",
+            reason="verdict_mismatch",
+        )
+    return signed
 
 
 class GovernanceService(pb_grpc.GovernanceServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, authority: AuthorityService, verifier: TokenVerifier | None
+    ) -> None:
         self.engine = engine
+        self.authority = authority
+        self.verifier = verifier
+
+    def _identity(self, context: grpc.ServicerContext) -> Identity:
+        token = bearer_token(context)
+        if self.verifier is None:
+            raise Unauthenticated(
+                "this server has no identity provider configured; start it with "
+                "--oidc-issuer/--oidc-audience to accept authority calls"
+            )
+        if token is None:
+            raise Unauthenticated("no bearer token: send 'authorization: Bearer <OIDC JWT>'")
+        return self.verifier.verify(token)
 
     def Decide(self, request: pb.DecideRequest, context: grpc.ServicerContext) -> pb.DecideResponse:  # noqa: N802
-        decision, replayed = self.engine.decide(request_from_proto(request))
+        req = request_from_proto(request)
+        if self.verifier is not None:
+            who = self._identity(context)
+            actor = req.context.actor
+            if (who.subject, who.level) != (actor.id, actor.level):
+                raise Forbidden(
+                    f"the request names actor {actor.id!r} at L{actor.level}, but the token "
+                    f"is {who.subject!r} at L{who.level}",
+                    reason="actor_mismatch",
+                )
+        decision, replayed = self.engine.decide(req)
+        self.authority.track(decision)
         return pb.DecideResponse(decision=decision_to_proto(decision), replayed=replayed)
 
     def GetDecision(  # noqa: N802
         self, request: pb.GetDecisionRequest, context: grpc.ServicerContext
     ) -> pb.GetDecisionResponse:
-        from l7.errors import RequestInvalid
-
         if not request.decision_id:
             raise RequestInvalid("decision_id", "is required")
         return pb.GetDecisionResponse(
-            decision=decision_to_proto(self.engine.get_decision(request.decision_id))
+            decision=decision_to_proto(self.authority.refresh(request.decision_id))
+        )
+
+    def Approve(  # noqa: N802
+        self, request: pb.ApproveRequest, context: grpc.ServicerContext
+    ) -> pb.ApproveResponse:
+        who = self._identity(context)
+        if not request.decision_id:
+            raise RequestInvalid("decision_id", "is required")
+        signed = _signed(request.approval, "approval", Verdict.APPROVE)
+        d = self.authority.submit(who, request.decision_id, signed)
+        return pb.ApproveResponse(decision=decision_to_proto(d))
+
+    def Reject(self, request: pb.RejectRequest, context: grpc.ServicerContext) -> pb.RejectResponse:  # noqa: N802
+        who = self._identity(context)
+        if not request.decision_id:
+            raise RequestInvalid("decision_id", "is required")
+        signed = _signed(request.rejection, "rejection", Verdict.REJECT)
+        d = self.authority.submit(who, request.decision_id, signed)
+        return pb.RejectResponse(decision=decision_to_proto(d))
+
+    def Cancel(self, request: pb.CancelRequest, context: grpc.ServicerContext) -> pb.CancelResponse:  # noqa: N802
+        who = self._identity(context)
+        if not request.decision_id:
+            raise RequestInvalid("decision_id", "is required")
+        d = self.authority.cancel(who, request.decision_id, request.reason)
+        return pb.CancelResponse(decision=decision_to_proto(d))
+
+    def ListPending(  # noqa: N802
+        self, request: pb.ListPendingRequest, context: grpc.ServicerContext
+    ) -> pb.ListPendingResponse:
+        self._identity(context)
+        ds = self.authority.pending(limit=request.limit or 100)
+        return pb.ListPendingResponse(decisions=[decision_to_proto(d) for d in ds])
+
+    def RegisterKey(  # noqa: N802
+        self, request: pb.RegisterKeyRequest, context: grpc.ServicerContext
+    ) -> pb.RegisterKeyResponse:
+        who = self._identity(context)
+        c = self.authority.keys.register(
+            subject=request.subject,
+            key_id=request.key_id,
+            method=request.method,
+            public_key=request.public_key,
+            by=who.subject,
+            by_level=who.level,
+        )
+        return pb.RegisterKeyResponse(
+            ledger=pb.LedgerConfirmation(global_seq=c.global_seq, hash=c.hash, event_id=c.event_id)
+        )
+
+    def RevokeKey(  # noqa: N802
+        self, request: pb.RevokeKeyRequest, context: grpc.ServicerContext
+    ) -> pb.RevokeKeyResponse:
+        who = self._identity(context)
+        c = self.authority.keys.revoke(
+            subject=request.subject,
+            key_id=request.key_id,
+            reason=request.reason,
+            by=who.subject,
+            by_level=who.level,
+        )
+        return pb.RevokeKeyResponse(
+            ledger=pb.LedgerConfirmation(global_seq=c.global_seq, hash=c.hash, event_id=c.event_id)
+        )
+
+    def Delegate(  # noqa: N802
+        self, request: pb.DelegateRequest, context: grpc.ServicerContext
+    ) -> pb.DelegateResponse:
+        who = self._identity(context)
+        c = self.authority.delegations.grant(
+            delegator=who.subject,
+            delegator_level=who.level,
+            delegator_scopes=who.scopes,
+            delegate=request.delegate,
+            level=request.level,
+            scopes=tuple(request.scopes),
+            now=int(self.engine.clock().timestamp()),
+            not_after=request.not_after,
+            reason=request.reason,
+        )
+        return pb.DelegateResponse(
+            ledger=pb.LedgerConfirmation(global_seq=c.global_seq, hash=c.hash, event_id=c.event_id)
         )

@@ -1,0 +1,464 @@
+"""Boundary A, second half: authority over pending decisions.
+
+    approve / reject  verify identity (token) -> refresh (expiry, escalation, policy
+                      revision) -> rules -> key + signature -> ledger batch
+                      (approval event [+ enforcement.result when quorum holds or on reject])
+    cancel            requester or L4+; pending or authorized-not-executed only
+    sweep             time-based transitions for every pending decision
+
+Every rule that refuses raises a typed error with a machine-readable reason; the
+refusals that signal misuse (self-approval, out-of-scope) are also recorded as
+``anomaly.detected`` in the decision's stream. Nothing is ever approved by
+timeout: time only escalates (raises the requirement) or expires (denies).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from l7.authority.approval import SignedApproval, Verdict, payload_hash, verify_approval
+from l7.authority.delegation import Delegations, scope_covers
+from l7.authority.keys import KeyRegistry
+from l7.authority.quorum import Approver, evaluate_quorum
+from l7.domain import MAX_LEVEL, Band, Clause, Decision, Outcome, Status
+from l7.engine.engine import Engine, _KeyLocks
+from l7.engine.events import clauses_json, evaluation_events
+from l7.errors import (
+    ApprovalInvalid,
+    Forbidden,
+    IllegalTransition,
+    LedgerDegraded,
+)
+from l7.identity import Identity
+from ledger import DuplicateKey, EventType, LedgerError, NewEvent
+
+__all__ = ["AuthorityService", "requirement_progress"]
+
+log = logging.getLogger(__name__)
+_E = EventType
+CANCEL_MIN_LEVEL = 4
+_BAND_ORDER = {Band.CRITICAL: 0, Band.HIGH: 1, Band.MEDIUM: 2, Band.LOW: 3}
+
+
+@dataclass(frozen=True)
+class ClauseView:
+    clause: Clause
+    approvers: tuple[str, ...]
+    missing: int
+
+
+def requirement_progress(decision: Decision) -> list[ClauseView]:
+    """Which approvers fill which clause, and how many are still missing."""
+    st = decision.authority_state
+    approvers = [
+        Approver(a.approver, a.level, a.roles, a.team)
+        for a in st.approvals
+        if a.verdict == Verdict.APPROVE.value
+    ]
+    q = evaluate_quorum(st.clauses, approvers)
+    return [
+        ClauseView(c, tuple(q.assignment.get(c.id, ())), int(q.missing.get(c.id, 0)))
+        for c in st.clauses
+    ]
+
+
+def _wanted_scopes(decision: Decision) -> tuple[str, ...]:
+    a = decision.request.action
+    domain = a.action_class.split(".", 1)[0]
+    return (a.action_class, domain, a.target.type, f"{a.target.type}:{a.target.id}")
+
+
+class AuthorityService:
+    def __init__(self, engine: Engine, *, max_approval_ttl_s: int = 3600) -> None:
+        self.engine = engine
+        self.ledger = engine.ledger
+        self.keys = KeyRegistry(engine.ledger)
+        self.delegations = Delegations(engine.ledger)
+        self.max_approval_ttl_s = max_approval_ttl_s
+        self._locks = _KeyLocks()
+        self._pending: set[str] = set()
+        self._pending_lock = threading.Lock()
+        self._index_loaded = False
+
+    # -- time --------------------------------------------------------------------------------
+
+    def _now(self) -> int:
+        return int(self.engine.clock().timestamp())
+
+    # -- the pending index -------------------------------------------------------------------
+
+    def _load_index(self) -> None:
+        """One scan of the ledger at first use; afterwards kept current by this engine."""
+        if self._index_loaded:
+            return
+        status: dict[str, str] = {}
+        try:
+            for e in self.ledger.iter_events():
+                s = e.payload.get("status") if isinstance(e.payload, dict) else None
+                if e.event_type in (
+                    _E.ENFORCEMENT_RESULT,
+                    _E.DECISION_EXPIRED,
+                    _E.DECISION_CANCELLED,
+                ) and isinstance(s, str):
+                    status[e.decision_id] = s
+        except LedgerError as e:
+            raise LedgerDegraded(f"the ledger could not be read: {e}") from e
+        with self._pending_lock:
+            self._pending |= {d for d, s in status.items() if s == Status.PENDING_AUTHORITY.value}
+            self._index_loaded = True
+
+    def track(self, decision: Decision) -> Decision:
+        with self._pending_lock:
+            if decision.status is Status.PENDING_AUTHORITY:
+                self._pending.add(decision.decision_id)
+            else:
+                self._pending.discard(decision.decision_id)
+        return decision
+
+    def pending(self, *, limit: int = 100) -> list[Decision]:
+        """Pending decisions, most urgent first: band (critical first), then oldest."""
+        self._load_index()
+        with self._pending_lock:
+            ids = list(self._pending)
+        out = [d for d in (self.refresh(i) for i in ids) if d.status is Status.PENDING_AUTHORITY]
+
+        def key(d: Decision) -> tuple[int, str]:
+            band = d.judgement.risk.band if d.judgement else Band.CRITICAL
+            return (_BAND_ORDER[band], d.created_at)
+
+        return sorted(out, key=key)[: max(1, limit)]
+
+    def sweep(self) -> int:
+        """Apply escalation and expiry to every pending decision; returns how many changed."""
+        self._load_index()
+        with self._pending_lock:
+            ids = list(self._pending)
+        changed = 0
+        for i in ids:
+            before = self.engine.get_decision(i)
+            if self.refresh(i).ledger != before.ledger:
+                changed += 1
+        return changed
+
+    # -- transitions by time -----------------------------------------------------------------
+
+    def _append(self, events: list[NewEvent]) -> None:
+        try:
+            self.ledger.append(events)
+        except DuplicateKey:
+            raise
+        except LedgerError as e:
+            raise LedgerDegraded(f"the ledger did not confirm: {e}; nothing changed") from e
+
+    def refresh(self, decision_id: str) -> Decision:
+        """Record any expiry or escalation that is due, then return the decision."""
+        with self._locks.hold(decision_id):
+            return self._refresh(decision_id, self._now())
+
+    def _refresh(self, decision_id: str, now: int) -> Decision:
+        d = self.engine.get_decision(decision_id)
+        if d.status is not Status.PENDING_AUTHORITY:
+            return self.track(d)
+        st, actor, version = d.authority_state, d.request.context.actor.id, d.policy_version
+        events: list[NewEvent] = []
+        if now >= st.expires_at:
+            events.append(
+                NewEvent(
+                    decision_id,
+                    _E.DECISION_EXPIRED,
+                    "l7-engine",
+                    version,
+                    {
+                        "status": Status.EXPIRED.value,
+                        "outcome": Outcome.DENY.value,
+                        "reason_code": "expired",
+                        "reasons": [
+                            f"no quorum before the decision expired at {st.expires_at}; "
+                            "silence is never consent"
+                        ],
+                        "expired_at": now,
+                    },
+                )
+            )
+        elif now >= st.escalate_at and d.judgement is not None:
+            window = d.judgement.lifecycle.approval_window_s
+            clauses, escalations, at = st.clauses, st.escalations, st.escalate_at
+            while now >= at:  # one step per lapsed window, never past L5
+                raised = tuple(
+                    Clause(c.id, min(MAX_LEVEL, c.min_level + 1), c.count) for c in clauses
+                )
+                escalations, at = escalations + 1, at + window
+                events.append(
+                    NewEvent(
+                        decision_id,
+                        _E.AUTHORITY_ESCALATED,
+                        "l7-engine",
+                        version,
+                        {
+                            "from_clauses": clauses_json(clauses),
+                            "clauses": clauses_json(raised),
+                            "escalations": escalations,
+                            "escalate_at": at,
+                            "reason": "approval window lapsed without quorum",
+                        },
+                    )
+                )
+                clauses = raised
+            del actor
+        if events:
+            self._append(events)
+            d = self.engine.get_decision(decision_id)
+        return self.track(d)
+
+    def _rejudge(self, d: Decision, now: int) -> Decision:
+        """If the active policy revision changed, re-judge: earlier approvals are void."""
+        judgement = self.engine.policy.evaluate(d.request.to_dict())
+        if d.judgement is not None and judgement.policy_version == d.judgement.policy_version:
+            return d
+        voided = len(d.authority_state.approvals)
+        actor = d.request.context.actor.id
+        events = evaluation_events(
+            d.decision_id,
+            actor,
+            judgement,
+            now=now,
+            extra={
+                "reevaluated": True,
+                "previous_policy_version": d.policy_version,
+                "voided_approvals": voided,
+            },
+        )
+        status = Status.after_evaluation(judgement.outcome)
+        events.append(
+            NewEvent(
+                d.decision_id,
+                _E.ENFORCEMENT_RESULT,
+                actor,
+                judgement.policy_version,
+                {
+                    "status": status.value,
+                    "outcome": judgement.outcome.value,
+                    "reason_code": "policy_changed",
+                    "reasons": [
+                        f"policy revision changed from {d.policy_version[:12]} to "
+                        f"{judgement.policy_version[:12]}; {voided} earlier approvals are void",
+                        *judgement.reasons,
+                    ],
+                    "enforcement_mode": judgement.enforcement_mode,
+                },
+            )
+        )
+        self._append(events)
+        return self.track(self.engine.get_decision(d.decision_id))
+
+    # -- approvals ---------------------------------------------------------------------------
+
+    def _anomaly(self, d: Decision, kind: str, subject: str, detail: str) -> None:
+        try:
+            self.ledger.append(
+                [
+                    NewEvent(
+                        d.decision_id,
+                        _E.ANOMALY_DETECTED,
+                        subject,
+                        d.policy_version,
+                        {"kind": kind, "subject": subject, "detail": detail},
+                    )
+                ]
+            )
+        except LedgerError:
+            log.exception("could not record anomaly %s for %s", kind, d.decision_id)
+
+    def submit(self, identity: Identity, decision_id: str, signed: SignedApproval) -> Decision:
+        """Verify and record a signed approval or rejection by ``identity``."""
+        verdict = Verdict(signed.payload.verdict)
+        with self._locks.hold(decision_id):
+            now = self._now()
+            d = self._refresh(decision_id, now)
+            wanted = "approved" if verdict is Verdict.APPROVE else "rejected"
+            if d.status is not Status.PENDING_AUTHORITY:
+                raise IllegalTransition(decision_id, d.status.value, wanted)
+            d = self._rejudge(d, now)
+            if d.status is not Status.PENDING_AUTHORITY:
+                raise IllegalTransition(decision_id, d.status.value, wanted)
+            return self._submit(identity, d, signed, verdict, now)
+
+    def _submit(
+        self, identity: Identity, d: Decision, signed: SignedApproval, verdict: Verdict, now: int
+    ) -> Decision:
+        st, req = d.authority_state, d.request
+        subject = identity.subject
+        # 1. The requester never approves its own decision.
+        if subject == req.context.actor.id:
+            self._anomaly(d, "self_approval", subject, "the requester tried to approve")
+            raise Forbidden(
+                f"{subject} requested decision {d.decision_id} and cannot approve it",
+                reason="self_approval",
+            )
+        # 2. Scope (own or delegated), and the level it brings.
+        wanted = _wanted_scopes(d)
+        level, delegated_from = identity.level, None
+        for dl in self.delegations.active_for(subject, now):
+            if scope_covers(dl.scopes, wanted) and dl.level > level:
+                level, delegated_from = dl.level, dl.delegator
+        if delegated_from is None and not scope_covers(identity.scopes, wanted):
+            self._anomaly(d, "out_of_scope", subject, f"scopes {list(identity.scopes)}")
+            raise Forbidden(
+                f"{subject} may approve in {list(identity.scopes) or 'no scope'}, not in "
+                f"{list(wanted[:3])}",
+                reason="out_of_scope",
+            )
+        # 3. Key and signature: the token's subject signed exactly this decision and intent.
+        key = self.keys.lookup(subject, signed.payload.key_id)
+        if key.method != signed.method:
+            raise ApprovalInvalid(
+                f"key {key.key_id!r} is registered for {key.method}, signature says "
+                f"{signed.method}",
+                reason="signature_invalid",
+            )
+        payload = verify_approval(
+            signed,
+            public_key_raw=key.public_key,
+            expected_decision_id=d.decision_id,
+            expected_intent_hash=d.intent_hash,
+            expected_approver=subject,
+            now=now,
+            max_ttl_s=self.max_approval_ttl_s,
+        )
+        # 4. Level: must qualify for at least one clause of the requirement in force.
+        floor = min((c.min_level for c in st.clauses), default=MAX_LEVEL)
+        if level < floor:
+            raise Forbidden(
+                f"{subject} is L{level}; this decision needs L{floor} or above",
+                reason="insufficient_level",
+            )
+        # 5. One identity counts once (a delegator and its delegate are one authority).
+        seen = {a.approver for a in st.approvals} | {
+            a.delegated_from for a in st.approvals if a.delegated_from
+        }
+        if subject in seen or (delegated_from is not None and delegated_from in seen):
+            raise Forbidden(
+                f"{subject} (or the authority delegated to it) already signed this decision",
+                reason="duplicate_approver",
+            )
+        # 6. High and critical approvals carry a structured rationale.
+        life = d.judgement.lifecycle if d.judgement else None
+        if (
+            verdict is Verdict.APPROVE
+            and life
+            and life.rationale_required
+            and not payload.rationale
+        ):
+            raise ApprovalInvalid(
+                f"band {d.judgement.risk.band.value if d.judgement else '?'} needs a "
+                "structured rationale with the approval",
+                reason="rationale_required",
+            )
+        record: dict[str, Any] = {
+            "approver": subject,
+            "level": level,
+            "roles": list(identity.roles),
+            "team": identity.team,
+            "verdict": verdict.value,
+            "method": signed.method,
+            "key_id": key.key_id,
+            "signature_ref": signed.signature,
+            "payload_sha256": payload_hash(payload),
+            "nonce": payload.nonce,
+            "issued_at": payload.issued_at,
+            "expires_at": payload.expires_at,
+            "rationale": payload.rationale.to_dict() if payload.rationale else None,
+            "delegated_from": delegated_from,
+        }
+        kind = _E.APPROVAL_ADDED if verdict is Verdict.APPROVE else _E.APPROVAL_REJECTED
+        events = [
+            NewEvent(
+                d.decision_id,
+                kind,
+                subject,
+                d.policy_version,
+                record,
+                unique_key=f"nonce:{payload.nonce}",
+            )
+        ]
+        events.extend(self._outcome_after(d, verdict, subject, level, identity))
+        try:
+            self._append(events)
+        except DuplicateKey as e:
+            raise ApprovalInvalid(
+                f"nonce {payload.nonce!r} was already used; every approval needs a fresh nonce",
+                reason="nonce_replayed",
+            ) from e
+        return self.track(self.engine.get_decision(d.decision_id))
+
+    def _outcome_after(
+        self, d: Decision, verdict: Verdict, subject: str, level: int, identity: Identity
+    ) -> Iterable[NewEvent]:
+        mode = d.judgement.enforcement_mode if d.judgement else "enforced"
+        if verdict is Verdict.REJECT:
+            status, outcome, code = Status.DENIED, Outcome.DENY, "rejected"
+            reasons = [f"rejected by {subject} (L{level})"]
+        else:
+            approvers = [
+                Approver(a.approver, a.level, a.roles, a.team)
+                for a in d.authority_state.approvals
+                if a.verdict == Verdict.APPROVE.value
+            ]
+            approvers.append(Approver(subject, level, identity.roles, identity.team))
+            q = evaluate_quorum(d.authority_state.clauses, approvers)
+            if not q.satisfied:
+                return []
+            status, outcome, code = Status.AUTHORIZED, Outcome.ALLOW, "quorum_reached"
+            reasons = [
+                f"clause {cid}: {', '.join(subs)}" for cid, subs in sorted(q.assignment.items())
+            ]
+        return [
+            NewEvent(
+                d.decision_id,
+                _E.ENFORCEMENT_RESULT,
+                subject,
+                d.policy_version,
+                {
+                    "status": status.value,
+                    "outcome": outcome.value,
+                    "reason_code": code,
+                    "reasons": reasons,
+                    "enforcement_mode": mode,
+                },
+            )
+        ]
+
+    # -- cancel ------------------------------------------------------------------------------
+
+    def cancel(self, identity: Identity, decision_id: str, reason: str) -> Decision:
+        with self._locks.hold(decision_id):
+            d = self._refresh(decision_id, self._now())
+            if d.status not in (Status.PENDING_AUTHORITY, Status.AUTHORIZED):
+                raise IllegalTransition(decision_id, d.status.value, "cancelled")
+            requester = d.request.context.actor.id
+            if identity.subject != requester and identity.level < CANCEL_MIN_LEVEL:
+                raise Forbidden(
+                    f"only the requester ({requester}) or an L{CANCEL_MIN_LEVEL}+ can cancel",
+                    reason="not_requester",
+                )
+            self._append(
+                [
+                    NewEvent(
+                        decision_id,
+                        _E.DECISION_CANCELLED,
+                        identity.subject,
+                        d.policy_version,
+                        {
+                            "status": Status.CANCELLED.value,
+                            "outcome": Outcome.DENY.value,
+                            "reason_code": "cancelled",
+                            "reasons": [f"cancelled by {identity.subject}: {reason or '-'}"],
+                        },
+                    )
+                ]
+            )
+            return self.track(self.engine.get_decision(decision_id))
