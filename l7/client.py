@@ -58,6 +58,7 @@ def decision_json(d: pb.Decision) -> dict[str, Any]:
     out["outcome"] = _OUTCOME[d.outcome]
     out["status"] = _STATUS[d.status]
     out["action"]["class"] = out["action"].pop("action_class")  # the request's JSON name
+    out["action"].setdefault("payload", {})  # an empty Struct is omitted by MessageToDict
     out["ledger"]["global_seq"] = int(d.ledger.global_seq)  # int64 is a string in proto JSON
     return out
 

@@ -1,11 +1,17 @@
 """``l7 demo``: a private stack on free ports and a scenario a newcomer can read.
 
+The stack is real: OPA with the locked bundle, a SQLite ledger file, the gRPC
+server, and an OpenBao dev server as the identity provider (OIDC tokens for every
+person and agent) and as the transit signer of one approver.
+
 1. a low-risk read in dev is allowed
 2. an unknown action class is denied by the allowlist gate
 3. a production deploy is queued for authority (who must sign is shown)
-4. the same request retried with its idempotency key returns the same decision
-5. OPA is stopped mid-run: the next request is denied (policy_store_degraded), and recorded
-6. a decision is rebuilt from the ledger alone, and the whole ledger verifies
+4. a production table delete is queued, then approved by two managers - one with a
+   local ed25519 key, one with an OpenBao transit key - and becomes authorized
+5. the same request retried with its idempotency key returns the same decision
+6. OPA is stopped mid-run: the next request is denied (policy_store_degraded), and recorded
+7. a decision is rebuilt from the ledger alone, and the whole ledger verifies
 """
 
 from __future__ import annotations
@@ -13,17 +19,34 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import hvac
+
+from l7.authority.approval import ApprovalPayload, Rationale, Verdict, sign_approval
 from l7.cli.progress import Progress
 from l7.client import GovernanceClient
+from l7.crypto import Ed25519Signer, Signer, TransitSigner
+from l7.devstack.openbao import OpenBaoDev
 from l7.engine.state import fold_decision
+from l7.identity import JwksUrl, JwtVerifier, claim_map_for_openbao
 from l7.stack import REPO_ROOT, Stack, StackConfig
+from l7.v1 import governance_pb2 as pb
 
 __all__ = ["run_demo"]
 
 EXAMPLES = REPO_ROOT / "examples" / "requests"
+# Everyone in the scenario: (level, scopes). Agents are identities too.
+CAST = {
+    "agent-reporter": (1, ["data"]),
+    "agent-janitor": (1, ["shell"]),
+    "alice": (1, ["deploy", "data"]),
+    "ana": (3, ["data"]),
+    "ben": (3, ["data"]),
+    "sam": (4, ["*"]),
+}
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -40,15 +63,38 @@ def _show(d: dict[str, Any]) -> None:
     print(f"    outcome  : {d['outcome']}  (status {d['status']}, reason {d['reason_code']})")
     if risk.get("band"):
         print(f"    risk     : {risk.get('score', 0)} / {risk['band']}")
-    failed = [g for g in d.get("gates", []) if not g.get("passed")]
-    for g in failed:
-        print(f"    gate     : {g['id']} FAILED - {g['reason']}")
-    auth = d.get("authority") or {}
-    for c in auth.get("clauses", []):
-        print(f"    needs    : {c.get('count', 0)} x L{c.get('min_level', 0)}+ ({c['id']})")
+    for g in d.get("gates", []):
+        if not g.get("passed"):
+            print(f"    gate     : {g['id']} FAILED - {g['reason']}")
+    clauses = (d.get("authority_progress") or {}).get("clauses", [])
+    for c in clauses if d["outcome"] != "DENY" else []:
+        signed = ", ".join(c.get("approvers", [])) or "nobody yet"
+        print(
+            f"    needs    : {c.get('count', 0)} x L{c.get('min_level', 0)}+ ({c['clause_id']}) "
+            f"- signed by {signed}, missing {c.get('missing', 0)}"
+        )
     for r in d.get("reasons", [])[:3]:
         print(f"    why      : {r}")
     print(f"    ledger   : global_seq {d['ledger']['global_seq']}  {d['ledger']['hash'][:16]}...")
+
+
+def _signed(who: str, d: dict[str, Any], signer: Signer) -> pb.SignedApproval:
+    payload = ApprovalPayload.new(
+        d["decision_id"],
+        d["intent_hash"],
+        Verdict.APPROVE,
+        who,
+        signer.key_id,
+        ttl_s=600,
+        now=int(time.time()),
+        rationale=Rationale("reviewed the retention policy; table is a stale copy", "CHG-1042"),
+    )
+    s = sign_approval(payload, signer)
+    return pb.SignedApproval(
+        payload_json=json.dumps(s.payload.to_signed_dict()),
+        method=s.method.value,
+        signature=s.signature,
+    )
 
 
 def run_demo(*, keep: bool = False) -> int:
@@ -56,54 +102,114 @@ def run_demo(*, keep: bool = False) -> int:
     ledger_url = f"sqlite:///{work / 'ledger.sqlite'}"
     print(f"Layer-7 demo - private stack, ledger at {work / 'ledger.sqlite'}")
     try:
-        with Stack(StackConfig(env="local", ledger_url=ledger_url, work_dir=work)) as stack:
-            assert stack.opa is not None and stack.bundle is not None and stack.ledger is not None
-            print(f"    OPA {stack.opa.url} serving bundle {stack.bundle.revision[:12]}")
-            print(f"    Governance gRPC on {stack.target}")
-            with GovernanceClient(stack.target) as client:
-                _step(1, "agent reads a dataset in dev (examples/requests/read-dev.json)")
-                first = client.decide(_load("read-dev.json"))
-                _show(first)
-                assert first["outcome"] == "ALLOW", first
-
-                _step(2, "agent asks for an action class that is not on the allowlist")
-                d = client.decide(_load("unknown-class.json"))
-                _show(d)
-                assert d["outcome"] == "DENY", d
-
-                _step(3, "pipeline deploys payments-api to production")
-                queued = client.decide(_load("deploy-prod.json"))
-                _show(queued)
-                assert queued["outcome"] == "QUEUE", queued
-
-                _step(4, "the agent retries step 1 with the same idempotency key")
-                again = client.decide(_load("read-dev.json"))
-                same = again["decision_id"] == first["decision_id"]
-                rid, replayed = again["decision_id"], again["replayed"]
-                print(f"    same decision {rid}: {same}, replayed={replayed}")
-                assert same and again["replayed"]
-
-                _step(5, "OPA goes down; the same kind of request is now refused (fail closed)")
-                stack.opa.stop()
-                down = _load("read-dev.json")
-                down["idempotency_key"] = "weekly-report-opa-down"
-                d = client.decide(down)
-                _show(d)
-                assert d["outcome"] == "DENY" and d["reason_code"] == "policy_store_degraded", d
-
-            _step(6, "the ledger alone tells what happened, and proves it was not altered")
-            rebuilt = fold_decision(stack.ledger.get_stream(queued["decision_id"]))
-            print(
-                f"    decision {rebuilt.decision_id} rebuilt from "
-                f"{len(stack.ledger.get_stream(queued['decision_id']))} events: "
-                f"{rebuilt.outcome.value} / {rebuilt.status.value}"
+        with OpenBaoDev(work_dir=work) as bao:
+            for name, (level, scopes) in CAST.items():
+                bao.make_user(name, level, team="platform", scopes=scopes)
+            verifier = JwtVerifier(
+                JwksUrl(bao.jwks_url),
+                issuer=bao.issuer,
+                audience=bao.audience,
+                claim_map=claim_map_for_openbao(),
             )
-            report = stack.ledger.verify(progress=Progress("    verifying"))
-            print(f"    ledger verified: {report.events} events, {report.streams} streams")
-        print("\nDemo complete.")
-        return 0
+            cfg = StackConfig(env="local", ledger_url=ledger_url, work_dir=work, verifier=verifier)
+            with Stack(cfg) as stack:
+                return _scenario(stack, bao)
     finally:
         if keep:
             print(f"(kept {work})")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _scenario(stack: Stack, bao: OpenBaoDev) -> int:
+    assert stack.opa is not None and stack.bundle is not None and stack.ledger is not None
+    print(f"    OPA {stack.opa.url} serving bundle {stack.bundle.revision[:12]}")
+    print(f"    OpenBao {bao.url} is the identity provider (OIDC) and transit signer")
+    print(f"    Governance gRPC on {stack.target}")
+
+    def as_(who: str) -> GovernanceClient:
+        return GovernanceClient(stack.target, token=bao.token_for(who))
+
+    _step(1, "agent-reporter reads a dataset in dev (examples/requests/read-dev.json)")
+    with as_("agent-reporter") as c:
+        first = c.decide(_load("read-dev.json"))
+    _show(first)
+    assert first["outcome"] == "ALLOW", first
+
+    _step(2, "agent-janitor asks for an action class that is not on the allowlist")
+    with as_("agent-janitor") as c:
+        d = c.decide(_load("unknown-class.json"))
+    _show(d)
+    assert d["outcome"] == "DENY", d
+
+    _step(3, "alice's pipeline deploys payments-api to production")
+    with as_("alice") as c:
+        queued = c.decide(_load("deploy-prod.json"))
+    _show(queued)
+    assert queued["outcome"] == "QUEUE", queued
+
+    _step(4, "alice asks to delete a production table: two managers must sign")
+    ana = Ed25519Signer.generate(key_id="ana-laptop")
+    bao.enable_transit()
+    bao.create_transit_key("ben")
+    ben = TransitSigner(hvac.Client(url=bao.url, token=bao.user_token("ben")), "ben", key_version=1)
+    with as_("sam") as sec:
+        sec.register_key("ana", ana.key_id, "ed25519", ana.public_key_raw)
+        sec.register_key("ben", ben.key_id, "vault-transit", bao.transit_public_key("ben"))
+    print("    sam (L4 security) registered ana's ed25519 key and ben's OpenBao transit key")
+    delete = {
+        "action": {
+            "class": "data.delete",
+            "intent": "drop the stale orders_2019 copy",
+            "target": {"type": "table", "id": "orders_2019"},
+            "payload": {},
+        },
+        "context": {
+            "actor": {"id": "alice", "role": "engineer", "level": 1},
+            "environment": "production",
+            "request_source": "cli",
+        },
+    }
+    with as_("alice") as c:
+        d = c.decide(delete)
+    _show(d)
+    assert d["outcome"] == "QUEUE", d
+    print("    ana approves (signs decision id + intent hash + nonce + expiry with ed25519)")
+    with as_("ana") as c:
+        d = c.approve(d["decision_id"], _signed("ana", d, ana))
+    _show(d)
+    assert d["status"] == "pending_authority", d
+    print("    ben approves (signature made by OpenBao transit: vault:v1:...)")
+    with as_("ben") as c:
+        d = c.approve(d["decision_id"], _signed("ben", d, ben))
+    _show(d)
+    assert d["status"] == "authorized", d
+
+    _step(5, "agent-reporter retries step 1 with the same idempotency key")
+    with as_("agent-reporter") as c:
+        again = c.decide(_load("read-dev.json"))
+    same = again["decision_id"] == first["decision_id"]
+    rid, replayed = again["decision_id"], again["replayed"]
+    print(f"    same decision {rid}: {same}, replayed={replayed}")
+    assert same and replayed
+
+    _step(6, "OPA goes down; the same kind of request is now refused (fail closed)")
+    stack.opa.stop()
+    down = _load("read-dev.json")
+    down["idempotency_key"] = "weekly-report-opa-down"
+    with as_("agent-reporter") as c:
+        d = c.decide(down)
+    _show(d)
+    assert d["outcome"] == "DENY" and d["reason_code"] == "policy_store_degraded", d
+
+    _step(7, "the ledger alone tells what happened, and proves it was not altered")
+    stream = stack.ledger.get_stream(queued["decision_id"])
+    rebuilt = fold_decision(stream)
+    print(
+        f"    decision {rebuilt.decision_id} rebuilt from {len(stream)} events: "
+        f"{rebuilt.outcome.value} / {rebuilt.status.value}"
+    )
+    report = stack.ledger.verify(progress=Progress("    verifying"))
+    print(f"    ledger verified: {report.events} events, {report.streams} streams")
+    print("\nDemo complete.")
+    return 0

@@ -16,9 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from l7.cli.authority import add_authority_commands
 from l7.cli.progress import Progress
 from l7.engine.state import fold_decision
 from l7.errors import ConfigError, L7Error, RequestInvalid
+from l7.identity import TokenVerifier
 from l7.stack import REPO_ROOT, Stack, StackConfig
 from ledger import IntegrityViolation, LedgerError, open_ledger
 
@@ -58,9 +60,33 @@ def _read_request(path: str) -> dict[str, Any]:
 # -- commands ----------------------------------------------------------------------------
 
 
+def _verifier(a: argparse.Namespace) -> TokenVerifier | None:
+    from l7.identity import ClaimMap, JwksFile, JwksUrl, JwtVerifier
+
+    if not a.oidc_issuer:
+        if a.jwks_url or a.jwks_file:
+            raise ConfigError("--jwks-url/--jwks-file need --oidc-issuer")
+        return None
+    jwks = (
+        JwksFile(Path(a.jwks_file))
+        if a.jwks_file
+        else JwksUrl(a.jwks_url or a.oidc_issuer.rstrip("/") + "/.well-known/keys")
+    )
+    return JwtVerifier(
+        jwks,
+        issuer=a.oidc_issuer,
+        audience=a.oidc_audience,
+        claim_map=ClaimMap(subject=a.subject_claim),
+    )
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     _ensure_sqlite_dir(a.ledger)
-    stack = Stack(StackConfig(env=a.env, ledger_url=a.ledger, addr=a.addr, opa_url=a.opa_url))
+    stack = Stack(
+        StackConfig(
+            env=a.env, ledger_url=a.ledger, addr=a.addr, opa_url=a.opa_url, verifier=_verifier(a)
+        )
+    )
     stack.start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -71,6 +97,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         f"  policy bundle : {a.env} @ {rev}\n"
         f"  OPA           : {stack.opa.url if stack.opa else a.opa_url}\n"
         f"  ledger        : {a.ledger}\n"
+        f"  identity      : {a.oidc_issuer or 'none (Decide unauthenticated; approvals refused)'}\n"
         f"Try it (in another shell):\n"
         f"  .venv/bin/l7 decide --target {stack.target} examples/requests/read-dev.json\n"
         f"Ctrl-C stops.",
@@ -176,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--env", default="local", help="bundle environment under bundles/")
     sp.add_argument("--addr", default=DEFAULT_ADDR, help="listen address (loopback)")
     sp.add_argument("--opa-url", help="use this running OPA instead of starting one")
+    sp.add_argument("--oidc-issuer", help="identity provider issuer URL (enables authority)")
+    sp.add_argument("--oidc-audience", default="layer7", help="expected token audience")
+    sp.add_argument("--jwks-url", help="issuer keys URL (default ISSUER/.well-known/keys)")
+    sp.add_argument("--jwks-file", help="issuer keys as a JWKS file instead of a URL")
+    sp.add_argument("--subject-claim", default="sub", help="token claim naming the identity")
     ledger_flag(sp)
     sp.set_defaults(fn=cmd_serve)
 
@@ -208,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("--env", action="append", help="environment (repeatable; default all)")
         b.add_argument("--opa-bin", help="OPA binary (default .tools/opa)")
         b.set_defaults(fn=cmd_bundle)
+
+    add_authority_commands(sub, DEFAULT_ADDR)
 
     sp = sub.add_parser("demo", help="start a private stack and walk a readable scenario")
     sp.add_argument("--keep", action="store_true", help="keep the demo's work directory")

@@ -522,3 +522,66 @@ def test_jwks_down_refuses_approvals_with_identity_degraded(
         openbao_private.unseal()
         with GovernanceClient(w.stack.target, token=token) as c:
             assert c.approve(d["decision_id"], signed)["status"] == "pending_authority"
+
+
+# -- the CLI, as an approver uses it ------------------------------------------------------
+
+
+def test_cli_approve_pending_and_show(world: World, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from l7.crypto import save_private_key
+
+    key = Ed25519PrivateKey.generate()
+    key_file = tmp_path / "mgr1.pem"
+    save_private_key(key_file, key)
+    signer = Ed25519Signer(key, key_id="mgr1-cli")
+    with world.client("sec1") as sec:
+        sec.register_key("mgr1", "mgr1-cli", "ed25519", signer.public_key_raw)
+    d = world.decide(delete())
+    world.approve("mgr3", d)
+    token_file = tmp_path / "mgr1.jwt"
+    token_file.write_text(world.bao.token_for("mgr1"))
+
+    def l7(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "l7.cli.main", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    pending = l7("pending", "--target", world.stack.target, "--token-file", str(token_file))
+    assert pending.returncode == 0, pending.stderr
+    assert d["decision_id"] in pending.stdout and "1xL3 managers" in pending.stdout
+    r = l7(
+        "approve",
+        d["decision_id"],
+        "--target",
+        world.stack.target,
+        "--token-file",
+        str(token_file),
+        "--key",
+        str(key_file),
+        "--key-id",
+        "mgr1-cli",
+        "--rationale",
+        "reviewed",
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["status"], out["reason_code"]) == ("authorized", "quorum_reached")
+    assert "clause  managers" in r.stderr  # the approver saw what it signed
+    # Without a rationale on a high-band decision, the server refuses and the CLI says why.
+    d2 = world.decide(delete())
+    r2 = l7(
+        "approve", d2["decision_id"], "--target", world.stack.target,
+        "--token-file", str(token_file), "--key", str(key_file), "--key-id", "mgr1-cli",
+    )  # fmt: skip
+    assert r2.returncode == 1
+    assert "rationale_required" in r2.stderr
+    assert "Traceback" not in r2.stderr

@@ -1,0 +1,1 @@
+"""Local development servers (OpenBao dev mode) for the demo and the test suite."""
