@@ -14,9 +14,9 @@ timeout: time only escalates (raises the requirement) or expires (denies).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -385,52 +385,84 @@ class AuthorityService:
                 unique_key=f"nonce:{payload.nonce}",
             )
         ]
-        events.extend(self._outcome_after(d, verdict, subject, level, identity))
+        if verdict is Verdict.REJECT:
+            events.append(
+                self._result(
+                    d, subject, Status.DENIED, "rejected", [f"rejected by {subject} (L{level})"]
+                )
+            )
+        else:
+            approvers = [
+                *self._approvers(d),
+                Approver(subject, level, identity.roles, identity.team),
+            ]
+            events.extend(self._authorization(d, subject, approvers))
         try:
             self._append(events)
         except DuplicateKey as e:
+            if e.unique_key != events[0].unique_key:  # another engine authorized it first
+                return self.track(self.engine.get_decision(d.decision_id))
             raise ApprovalInvalid(
                 f"nonce {payload.nonce!r} was already used; every approval needs a fresh nonce",
                 reason="nonce_replayed",
             ) from e
-        return self.track(self.engine.get_decision(d.decision_id))
+        after = self.engine.get_decision(d.decision_id)
+        if verdict is Verdict.APPROVE and after.status is Status.PENDING_AUTHORITY:
+            # Another engine may have added an approval between our read and our write:
+            # re-fold and authorize now if the quorum holds (at most once, by unique key).
+            late = self._authorization(after, subject, self._approvers(after))
+            if late:
+                with contextlib.suppress(DuplicateKey):  # the other engine won: same result
+                    self._append(late)
+                after = self.engine.get_decision(d.decision_id)
+        return self.track(after)
 
-    def _outcome_after(
-        self, d: Decision, verdict: Verdict, subject: str, level: int, identity: Identity
-    ) -> Iterable[NewEvent]:
-        mode = d.judgement.enforcement_mode if d.judgement else "enforced"
-        if verdict is Verdict.REJECT:
-            status, outcome, code = Status.DENIED, Outcome.DENY, "rejected"
-            reasons = [f"rejected by {subject} (L{level})"]
-        else:
-            approvers = [
-                Approver(a.approver, a.level, a.roles, a.team)
-                for a in d.authority_state.approvals
-                if a.verdict == Verdict.APPROVE.value
-            ]
-            approvers.append(Approver(subject, level, identity.roles, identity.team))
-            q = evaluate_quorum(d.authority_state.clauses, approvers)
-            if not q.satisfied:
-                return []
-            status, outcome, code = Status.AUTHORIZED, Outcome.ALLOW, "quorum_reached"
-            reasons = [
-                f"clause {cid}: {', '.join(subs)}" for cid, subs in sorted(q.assignment.items())
-            ]
+    @staticmethod
+    def _approvers(d: Decision) -> list[Approver]:
+        return [
+            Approver(a.approver, a.level, a.roles, a.team)
+            for a in d.authority_state.approvals
+            if a.verdict == Verdict.APPROVE.value
+        ]
+
+    def _authorization(
+        self, d: Decision, subject: str, approvers: list[Approver]
+    ) -> list[NewEvent]:
+        """The enforcement.result that authorizes ``d`` if ``approvers`` meet its clauses."""
+        q = evaluate_quorum(d.authority_state.clauses, approvers)
+        if not q.satisfied:
+            return []
+        reasons = [f"clause {cid}: {', '.join(subs)}" for cid, subs in sorted(q.assignment.items())]
+        event = self._result(d, subject, Status.AUTHORIZED, "quorum_reached", reasons)
+        # One authorization per decision and policy round, even with engines racing.
         return [
             NewEvent(
-                d.decision_id,
-                _E.ENFORCEMENT_RESULT,
-                subject,
-                d.policy_version,
-                {
-                    "status": status.value,
-                    "outcome": outcome.value,
-                    "reason_code": code,
-                    "reasons": reasons,
-                    "enforcement_mode": mode,
-                },
+                event.decision_id,
+                event.event_type,
+                event.actor,
+                event.policy_version,
+                event.payload,
+                unique_key=f"authorized:{d.decision_id}:{d.policy_version}",
             )
         ]
+
+    def _result(
+        self, d: Decision, subject: str, status: Status, code: str, reasons: list[str]
+    ) -> NewEvent:
+        outcome = Outcome.ALLOW if status is Status.AUTHORIZED else Outcome.DENY
+        return NewEvent(
+            d.decision_id,
+            _E.ENFORCEMENT_RESULT,
+            subject,
+            d.policy_version,
+            {
+                "status": status.value,
+                "outcome": outcome.value,
+                "reason_code": code,
+                "reasons": reasons,
+                "enforcement_mode": d.judgement.enforcement_mode if d.judgement else "enforced",
+            },
+        )
 
     # -- cancel ------------------------------------------------------------------------------
 

@@ -585,3 +585,35 @@ def test_cli_approve_pending_and_show(world: World, tmp_path: Path) -> None:
     assert r2.returncode == 1
     assert "rationale_required" in r2.stderr
     assert "Traceback" not in r2.stderr
+
+
+def test_racing_engines_authorize_exactly_once(world: World) -> None:
+    """Two engines each add the last-but-one approval from a stale view: the quorum is still
+    reached (re-fold after write) and authorized exactly once (unique key per round)."""
+    from l7.authority.approval import SignedApproval
+    from l7.domain import Status
+
+    d = world.decide(delete())
+    svc = world.stack.authority
+    assert svc is not None and world.stack.ledger is not None
+    stale = svc.engine.get_decision(d["decision_id"])  # this engine's view before the race
+    world.approve("mgr1", d)  # "the other engine" records its approval meanwhile
+    identity = world.stack.config.verifier.verify(world.bao.token_for("mgr3"))  # type: ignore[union-attr]
+    msg = world.signed("mgr3", d)
+    signed = SignedApproval.from_json(
+        {"payload": json.loads(msg.payload_json), "method": msg.method, "signature": msg.signature}
+    )
+    out = svc._submit(identity, stale, signed, Verdict.APPROVE, world.clock.unix())
+    assert out.status is Status.AUTHORIZED
+    results = [
+        e.payload["status"]
+        for e in world.stack.ledger.get_stream(d["decision_id"])
+        if e.event_type == "enforcement.result"
+    ]
+    assert results == ["pending_authority", "authorized"]
+    # A third engine trying to authorize the same round is refused by the ledger, silently.
+    again = svc._authorization(out, "mgr3", svc._approvers(out))
+    from ledger import DuplicateKey
+
+    with pytest.raises(DuplicateKey):
+        world.stack.ledger.append(again)
