@@ -268,6 +268,10 @@ class Decision:
     judgement: Judgement | None = None
     """None when policy could not be consulted (the decision is then DENY)."""
     authority_state: AuthorityState = field(default_factory=AuthorityState.empty)
+    authorized_by: LedgerRef | None = None
+    """The ledger event that authorized the decision (what execution grants bind to)."""
+    execution_id: str | None = None
+    """The grant id the gateway consumed, once execution was authorized."""
 
     @property
     def intent_hash(self) -> str:

@@ -15,7 +15,10 @@
     ├── ApprovalInvalid             a signed approval is refused (signature_invalid,
     │                               approval_expired, nonce_replayed, decision_mismatch,
     │                               intent_mismatch, key_revoked, key_unknown, ...)
-    └── IllegalTransition           the decision's state does not allow this (names the state)
+    ├── IllegalTransition           the decision's state does not allow this (names the state)
+    ├── GrantRefused                the gateway refuses an execution (grant_invalid, grant_expired,
+    │                               grant_replayed, action_mismatch, not_authorized)
+    └── GatewayDegraded             the gateway or the engine behind a governed call is unreachable
 
 The gRPC layer (``l7.server.interceptor``) maps this tree to status codes and a
 ``google.rpc.ErrorInfo`` with ``reason`` in exactly one place. Dependency
@@ -32,6 +35,8 @@ __all__ = [
     "ConfigError",
     "DecisionNotFound",
     "Forbidden",
+    "GatewayDegraded",
+    "GrantRefused",
     "IdempotencyConflict",
     "IdentityDegraded",
     "IllegalTransition",
@@ -142,3 +147,15 @@ class IllegalTransition(L7Error):
         )
         self.decision_id = decision_id
         self.current = current
+
+
+class GrantRefused(L7Error):
+    """The gateway will not let this execution happen; ``reason`` says why."""
+
+    reason = "grant_invalid"
+
+
+class GatewayDegraded(L7Error):
+    """Boundary B cannot reach what it needs to check a governed call: nothing runs."""
+
+    reason = "gateway_degraded"

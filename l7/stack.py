@@ -19,6 +19,15 @@ from l7.engine import Clock, Engine
 from l7.engine.authority import AuthorityService
 from l7.engine.engine import _utcnow
 from l7.errors import L7Error
+from l7.gateway.grant import (
+    DEFAULT_GRANT_TTL_S,
+    GrantIssuer,
+    GrantVerifier,
+    kid_of,
+    load_or_create_grant_key,
+)
+from l7.gateway.server import create_gateway_server
+from l7.gateway.service import GatewayService
 from l7.identity import TokenVerifier
 from l7.policy.bundle import BuiltBundle, verify_lock
 from l7.policy.evaluator import OpaEvaluator
@@ -48,6 +57,11 @@ class StackConfig:
     authority calls are refused)."""
     sweep_interval_s: float = 30.0
     """How often pending decisions are checked for escalation and expiry (0: never)."""
+    grant_key: Path | None = None
+    """Engine's grant-signing key (created if missing); default <work_dir>/keys/grant.pem."""
+    grant_ttl_s: int = DEFAULT_GRANT_TTL_S
+    gateway: bool = False
+    """Also run a gateway (Boundary B) in this process, on its own port."""
 
 
 class Stack:
@@ -60,6 +74,9 @@ class Stack:
         self.authority: AuthorityService | None = None
         self.server: grpc.Server | None = None
         self.port = 0
+        self.gateway_server: grpc.Server | None = None
+        self.gateway_port = 0
+        self.grant_public_key_path: Path | None = None
         self._stop_sweeper = threading.Event()
         self._sweeper: threading.Thread | None = None
 
@@ -67,6 +84,11 @@ class Stack:
     def target(self) -> str:
         host = self.config.addr.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
+
+    @property
+    def gateway_target(self) -> str:
+        host = self.config.addr.rsplit(":", 1)[0]
+        return f"{host}:{self.gateway_port}"
 
     def start(self) -> Stack:
         cfg = self.config
@@ -91,10 +113,30 @@ class Stack:
             self.ledger = open_ledger(cfg.ledger_url)
             self.engine = Engine(evaluator, self.ledger, clock=cfg.clock)
             self.authority = AuthorityService(self.engine)
+            key_path = cfg.grant_key or cfg.work_dir / "keys" / "grant.pem"
+            grant_key = load_or_create_grant_key(key_path)
+            self.grant_public_key_path = Path(str(key_path) + ".pub")
+            issuer = GrantIssuer(
+                grant_key, ttl_s=cfg.grant_ttl_s, clock=lambda: cfg.clock().timestamp()
+            )
             self.server, self.port, _ = create_server(
-                cfg.addr, self.engine, authority=self.authority, verifier=cfg.verifier
+                cfg.addr,
+                self.engine,
+                authority=self.authority,
+                verifier=cfg.verifier,
+                grants=issuer,
             )
             self.server.start()
+            if cfg.gateway:
+                pub = grant_key.public_key()
+                service = GatewayService(
+                    self.ledger,
+                    GrantVerifier({kid_of(pub): pub}, clock=lambda: cfg.clock().timestamp()),
+                    clock=lambda: cfg.clock().timestamp(),
+                )
+                host = cfg.addr.rsplit(":", 1)[0]
+                self.gateway_server, self.gateway_port = create_gateway_server(f"{host}:0", service)
+                self.gateway_server.start()
             if cfg.sweep_interval_s > 0:
                 self._sweeper = threading.Thread(
                     target=self._sweep_loop, name="l7-sweeper", daemon=True
@@ -120,6 +162,9 @@ class Stack:
         if self._sweeper is not None:
             self._sweeper.join(timeout=10)
             self._sweeper = None
+        if self.gateway_server is not None:
+            self.gateway_server.stop(grace=2).wait(5)
+            self.gateway_server = None
         if self.server is not None:
             self.server.stop(grace=2).wait(5)
             self.server = None

@@ -98,6 +98,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         f"  OPA           : {stack.opa.url if stack.opa else a.opa_url}\n"
         f"  ledger        : {a.ledger}\n"
         f"  identity      : {a.oidc_issuer or 'none (Decide unauthenticated; approvals refused)'}\n"
+        f"  grant key     : {stack.grant_public_key_path} (give it to l7 gateway serve)\n"
         f"Try it (in another shell):\n"
         f"  .venv/bin/l7 decide --target {stack.target} examples/requests/read-dev.json\n"
         f"Ctrl-C stops.",
@@ -182,6 +183,35 @@ def cmd_bundle(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gateway_serve(a: argparse.Namespace) -> int:
+    from l7.gateway.grant import GrantVerifier, kid_of, load_grant_public_key
+    from l7.gateway.server import create_gateway_server
+    from l7.gateway.service import GatewayService
+
+    if not a.grant_public_key:
+        raise ConfigError(
+            "--grant-public-key is required: a gateway without a verification key would run "
+            "with checks disabled, so it refuses to start"
+        )
+    keys = {kid_of(k): k for k in (load_grant_public_key(Path(p)) for p in a.grant_public_key)}
+    led = open_ledger(a.ledger, create=False)
+    server, port = create_gateway_server(
+        a.addr, GatewayService(led, GrantVerifier(keys), gateway_id=a.gateway_id)
+    )
+    server.start()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    host = a.addr.rsplit(":", 1)[0]
+    print(f"Layer-7 gateway {a.gateway_id} on {host}:{port} (ledger {a.ledger})", flush=True)
+    try:
+        stop.wait()
+    finally:
+        server.stop(grace=2).wait(5)
+        led.close()
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from l7.cli.demo import run_demo
 
@@ -242,6 +272,19 @@ def build_parser() -> argparse.ArgumentParser:
         b.set_defaults(fn=cmd_bundle)
 
     add_authority_commands(sub, DEFAULT_ADDR)
+
+    sp = sub.add_parser("gateway", help="the execution gateway (Boundary B)")
+    gsub = sp.add_subparsers(dest="gateway_cmd", required=True, metavar="SUBCOMMAND")
+    gs = gsub.add_parser("serve", help="serve Authorize / ConfirmExecution")
+    gs.add_argument("--addr", default="127.0.0.1:50061", help="listen address (loopback)")
+    gs.add_argument(
+        "--grant-public-key",
+        action="append",
+        help="engine grant key (PEM, repeatable for rotation); required",
+    )
+    gs.add_argument("--gateway-id", default="gateway", help="name recorded in the ledger")
+    ledger_flag(gs)
+    gs.set_defaults(fn=cmd_gateway_serve)
 
     sp = sub.add_parser("demo", help="start a private stack and walk a readable scenario")
     sp.add_argument("--keep", action="store_true", help="keep the demo's work directory")

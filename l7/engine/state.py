@@ -78,6 +78,8 @@ class _Fold:
         self.status, self.outcome = Status.DRAFT, Outcome.DENY
         self.reason_code, self.reasons = "", ()
         self.state = AuthorityState.empty()
+        self.authorized_by: LedgerRef | None = None
+        self.execution_id: str | None = None
 
     def apply(self, e: StoredEvent) -> None:
         p, kind = e.payload, e.event_type
@@ -112,11 +114,21 @@ class _Fold:
                 escalations=int(p["escalations"]),
                 escalate_at=int(p["escalate_at"]),
             )
-        elif kind in (_E.ENFORCEMENT_RESULT, _E.DECISION_EXPIRED, _E.DECISION_CANCELLED):
+        elif kind == _E.EXECUTION_AUTHORIZED:
+            self.execution_id = p["execution_id"]
+        elif kind in (
+            _E.ENFORCEMENT_RESULT,
+            _E.DECISION_EXPIRED,
+            _E.DECISION_CANCELLED,
+            _E.EXECUTION_CONFIRMED,
+        ):
             self.status = Status(p["status"])
-            self.outcome = Outcome(p.get("outcome", Outcome.DENY.value))
-            self.reason_code = p.get("reason_code", kind)
-            self.reasons = tuple(p.get("reasons", ()))
+            if self.status is Status.AUTHORIZED:
+                self.authorized_by = LedgerRef(e.global_seq, e.hash, e.event_id)
+            if kind != _E.EXECUTION_CONFIRMED:
+                self.outcome = Outcome(p.get("outcome", Outcome.DENY.value))
+                self.reason_code = p.get("reason_code", kind)
+                self.reasons = tuple(p.get("reasons", ()))
 
     def judgement(self) -> Judgement | None:
         ev, risk, auth, life = self.evaluated, self.risk, self.authority, self.lifecycle
@@ -161,4 +173,6 @@ def fold_decision(events: Sequence[StoredEvent]) -> Decision:
         ledger=LedgerRef(last.global_seq, last.hash, last.event_id),
         judgement=judgement,
         authority_state=f.state,
+        authorized_by=f.authorized_by,
+        execution_id=f.execution_id,
     )

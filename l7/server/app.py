@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection
 from l7.engine import Engine
 from l7.engine.authority import AuthorityService
 from l7.errors import ConfigError
+from l7.gateway.grant import GrantIssuer
 from l7.identity import TokenVerifier
 from l7.server.governance import GovernanceService
 from l7.server.interceptor import ErrorInterceptor
@@ -29,6 +30,7 @@ def create_server(
     *,
     authority: AuthorityService | None = None,
     verifier: TokenVerifier | None = None,
+    grants: GrantIssuer | None = None,
     max_workers: int = 32,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A started-later server bound to ``addr`` (use port 0 for a free port)."""
@@ -41,7 +43,9 @@ def create_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_GovernanceServicer_to_server(GovernanceService(engine, authority, verifier), server)
+    pb_grpc.add_GovernanceServicer_to_server(
+        GovernanceService(engine, authority, verifier, grants), server
+    )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)

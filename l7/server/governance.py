@@ -12,9 +12,11 @@ import json
 import grpc
 
 from l7.authority.approval import SignedApproval, Verdict
+from l7.domain import Decision, Status
 from l7.engine import Engine
 from l7.engine.authority import AuthorityService
-from l7.errors import ApprovalInvalid, Forbidden, RequestInvalid, Unauthenticated
+from l7.errors import ApprovalInvalid, Forbidden, GrantRefused, RequestInvalid, Unauthenticated
+from l7.gateway.grant import GrantIssuer
 from l7.identity import Identity, TokenVerifier
 from l7.server.convert import decision_to_proto, request_from_proto
 from l7.v1 import governance_pb2 as pb
@@ -54,11 +56,23 @@ def _signed(msg: pb.SignedApproval, field: str, verdict: Verdict) -> SignedAppro
 
 class GovernanceService(pb_grpc.GovernanceServicer):
     def __init__(
-        self, engine: Engine, authority: AuthorityService, verifier: TokenVerifier | None
+        self,
+        engine: Engine,
+        authority: AuthorityService,
+        verifier: TokenVerifier | None,
+        grants: GrantIssuer | None = None,
     ) -> None:
         self.engine = engine
         self.authority = authority
         self.verifier = verifier
+        self.grants = grants
+
+    def _grant_for(self, decision: Decision) -> str:
+        if self.grants is None or decision.status is not Status.AUTHORIZED:
+            return ""
+        if decision.execution_id is not None:
+            return ""
+        return self.grants.issue(decision)
 
     def _identity(self, context: grpc.ServicerContext) -> Identity:
         token = bearer_token(context)
@@ -84,7 +98,30 @@ class GovernanceService(pb_grpc.GovernanceServicer):
                 )
         decision, replayed = self.engine.decide(req)
         self.authority.track(decision)
-        return pb.DecideResponse(decision=decision_to_proto(decision), replayed=replayed)
+        return pb.DecideResponse(
+            decision=decision_to_proto(decision),
+            replayed=replayed,
+            grant=self._grant_for(decision),
+        )
+
+    def GetGrant(  # noqa: N802
+        self, request: pb.GetGrantRequest, context: grpc.ServicerContext
+    ) -> pb.GetGrantResponse:
+        if not request.decision_id:
+            raise RequestInvalid("decision_id", "is required")
+        d = self.authority.refresh(request.decision_id)
+        if self.verifier is not None:
+            who = self._identity(context)
+            if who.subject != d.request.context.actor.id:
+                raise Forbidden(
+                    f"only the requester ({d.request.context.actor.id}) may fetch the grant",
+                    reason="not_requester",
+                )
+        if self.grants is None:
+            raise GrantRefused(
+                "this engine issues no grants (no grant key)", reason="not_authorized"
+            )
+        return pb.GetGrantResponse(grant=self.grants.issue(d))
 
     def GetDecision(  # noqa: N802
         self, request: pb.GetDecisionRequest, context: grpc.ServicerContext
@@ -103,7 +140,9 @@ class GovernanceService(pb_grpc.GovernanceServicer):
             raise RequestInvalid("decision_id", "is required")
         signed = _signed(request.approval, "approval", Verdict.APPROVE)
         d = self.authority.submit(who, request.decision_id, signed)
-        return pb.ApproveResponse(decision=decision_to_proto(d))
+        return pb.ApproveResponse(
+            decision=decision_to_proto(d), authorized=d.status is Status.AUTHORIZED
+        )
 
     def Reject(self, request: pb.RejectRequest, context: grpc.ServicerContext) -> pb.RejectResponse:  # noqa: N802
         who = self._identity(context)

@@ -25,6 +25,8 @@ from l7.errors import (
     ConfigError,
     DecisionNotFound,
     Forbidden,
+    GatewayDegraded,
+    GrantRefused,
     IdempotencyConflict,
     IdentityDegraded,
     IllegalTransition,
@@ -53,6 +55,8 @@ _CODES: list[tuple[type[L7Error], int]] = [
     (Forbidden, code_pb2.PERMISSION_DENIED),
     (ApprovalInvalid, code_pb2.PERMISSION_DENIED),
     (IllegalTransition, code_pb2.FAILED_PRECONDITION),
+    (GrantRefused, code_pb2.PERMISSION_DENIED),
+    (GatewayDegraded, code_pb2.UNAVAILABLE),
 ]
 
 

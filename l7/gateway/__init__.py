@@ -1,0 +1,1 @@
+"""Boundary B: the execution gateway, its grants, and the governed-tool client."""

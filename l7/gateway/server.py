@@ -1,0 +1,82 @@
+"""The Gateway gRPC service (its own process: ``l7 gateway serve``)."""
+
+from __future__ import annotations
+
+from concurrent import futures
+
+import grpc
+from google.protobuf import json_format
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from l7.errors import ConfigError, RequestInvalid
+from l7.gateway.service import GatewayService
+from l7.server.interceptor import ErrorInterceptor
+from l7.v1 import gateway_pb2 as gpb
+from l7.v1 import gateway_pb2_grpc as gpb_grpc
+from l7.v1 import governance_pb2 as pb
+
+__all__ = ["GatewayServicer", "create_gateway_server"]
+
+
+def _action_dict(a: pb.Action) -> dict[str, object]:
+    return {
+        "class": a.action_class,
+        "intent": a.intent,
+        "target": {"type": a.target.type, "id": a.target.id},
+        "payload": json_format.MessageToDict(a.payload),
+    }
+
+
+class GatewayServicer(gpb_grpc.GatewayServicer):
+    def __init__(self, service: GatewayService) -> None:
+        self.service = service
+
+    def Authorize(  # noqa: N802
+        self, request: gpb.AuthorizeRequest, context: grpc.ServicerContext
+    ) -> gpb.AuthorizeResponse:
+        if not request.grant:
+            raise RequestInvalid("grant", "is required: a governed call needs an execution grant")
+        if not request.HasField("action"):
+            raise RequestInvalid("action", "is required: present the exact action to run")
+        ex = self.service.authorize(request.grant, _action_dict(request.action))
+        return gpb.AuthorizeResponse(
+            decision_id=ex.decision_id,
+            execution_id=ex.execution_id,
+            ledger=pb.LedgerConfirmation(
+                global_seq=ex.ledger.global_seq, hash=ex.ledger.hash, event_id=ex.ledger.event_id
+            ),
+        )
+
+    def ConfirmExecution(  # noqa: N802
+        self, request: gpb.ConfirmExecutionRequest, context: grpc.ServicerContext
+    ) -> gpb.ConfirmExecutionResponse:
+        if not request.decision_id or not request.execution_id:
+            raise RequestInvalid("execution_id", "decision_id and execution_id are required")
+        c = self.service.confirm(
+            request.decision_id,
+            request.execution_id,
+            request.succeeded,
+            json_format.MessageToDict(request.result),
+        )
+        return gpb.ConfirmExecutionResponse(
+            ledger=pb.LedgerConfirmation(global_seq=c.global_seq, hash=c.hash, event_id=c.event_id)
+        )
+
+
+def create_gateway_server(
+    addr: str, service: GatewayService, *, max_workers: int = 16
+) -> tuple[grpc.Server, int]:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="l7-gateway"),
+        interceptors=[ErrorInterceptor()],
+        options=[("grpc.max_receive_message_length", 256 * 1024), ("grpc.so_reuseport", 0)],
+    )
+    gpb_grpc.add_GatewayServicer_to_server(GatewayServicer(service), server)
+    hs = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    hs.set("l7.v1.Gateway", health_pb2.HealthCheckResponse.SERVING)
+    try:
+        port = server.add_insecure_port(addr)
+    except RuntimeError as e:
+        raise ConfigError(f"--addr {addr}: cannot bind ({e})") from e
+    return server, port
