@@ -27,6 +27,7 @@ from typing import Any
 
 from l7.cli.progress import Progress
 from l7.client import GovernanceClient
+from l7.gateway.client import GatewayClient
 from l7.policy.evaluator import ENTRYPOINT, OpaEvaluator
 from l7.server.convert import request_to_proto
 from l7.stack import REPO_ROOT, Stack, StackConfig
@@ -83,7 +84,8 @@ def _concurrent_run(fn: Callable[[], object], n: int, inflight: int) -> dict[str
 
 def bench_decide(n: int, work: Path) -> dict[str, Any]:
     url = f"sqlite:///{work / 'decide.sqlite'}"
-    with Stack(StackConfig(ledger_url=url, work_dir=work)) as stack:
+    cfg = StackConfig(ledger_url=url, work_dir=work, gateway=True, sweep_interval_s=0)
+    with Stack(cfg) as stack:
         assert stack.opa is not None
         opa = OpaEvaluator(stack.opa.url)
         policy_input = {k: REQUEST[k] for k in ("action", "context")}
@@ -102,9 +104,27 @@ def bench_decide(n: int, work: Path) -> dict[str, Any]:
             decide1 = _latency_run(lambda: client.decide_proto(proto), n)
             print("  Decide over gRPC, 8 in flight ...", file=sys.stderr)
             decide8 = _concurrent_run(lambda: client.decide_proto(proto), n, 8)
+            print("  Authorize at the gateway, 1 in flight ...", file=sys.stderr)
+            grants = []
+            for i in range(n + 100):
+                req = json.loads((REPO_ROOT / "examples/requests/read-dev.json").read_text())
+                req["idempotency_key"] = ""
+                req["action"]["target"]["id"] = f"bench-{i}"
+                r = client.decide_proto(request_to_proto(req))
+                grants.append((r.grant, req["action"]))
+        gw = GatewayClient(stack.gateway_target)
+        it = iter(grants)
+        authorize1 = _latency_run(lambda: gw.authorize(*next(it)), n)
+        gw.close()
         assert stack.ledger is not None
         events = stack.ledger.count()
-    return {"bare_opa": baseline, "decide_1": decide1, "decide_8": decide8, "ledger_events": events}
+    return {
+        "bare_opa": baseline,
+        "decide_1": decide1,
+        "decide_8": decide8,
+        "authorize_1": authorize1,
+        "ledger_events": events,
+    }
 
 
 def bench_append(total: int, work: Path, batch: int = 100, writers: int = 4) -> dict[str, float]:
@@ -194,8 +214,14 @@ def main() -> int:
     print("-" * 79)
     for name, per_s, p50, p99, ratio in rows:
         print(f"{name:<38} {per_s:>10,.0f} {p50:>8.2f} {p99:>8.2f} {ratio:>10.2f}x")
+    a1 = decide["authorize_1"]
+    print(
+        f"{'Authorize at gateway, 1 in flight':<38} {a1['per_s']:>10,.0f} {a1['p50_ms']:>8.2f} "
+        f"{a1['p99_ms']:>8.2f} {a1['p50_ms'] / base['p50_ms']:>10.2f}x"
+    )
     print(f"{'ledger append (batch 100, 4 writers)':<38} {append['per_s']:>10,.0f} events/s")
-    print(f"{'ledger verify (100k events)':<38} {verify['per_s']:>10,.0f} events/s")
+    label = f"ledger verify ({verify['events']:,} events)"
+    print(f"{label:<38} {verify['per_s']:>10,.0f} events/s")
     tput = decide["decide_1"]["per_s"] / base["per_s"]
     print(f"{'throughput ratio Decide(1)/bare':<38} {tput:>10.2f}")
     results = {

@@ -10,12 +10,16 @@ person and agent) and as the transit signer of one approver.
 4. a production table delete is queued, then approved by two managers - one with a
    local ed25519 key, one with an OpenBao transit key - and becomes authorized
 5. the same request retried with its idempotency key returns the same decision
-6. OPA is stopped mid-run: the next request is denied (policy_store_degraded), and recorded
-7. a decision is rebuilt from the ledger alone, and the whole ledger verifies
+6. governed tools (examples/governed_tools.py) behind the gateway: a read runs, a file
+   delete waits for a supervisor and then runs, a production debug shell is denied, and
+   a replayed grant is refused
+7. OPA is stopped mid-run: the next request is denied (policy_store_degraded), and recorded
+8. a decision is rebuilt from the ledger alone, and the whole ledger verifies
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import tempfile
@@ -27,11 +31,13 @@ import hvac
 
 from l7.authority.approval import ApprovalPayload, Rationale, Verdict, sign_approval
 from l7.cli.progress import Progress
-from l7.client import GovernanceClient
+from l7.client import GovernanceClient, RemoteError
 from l7.crypto import Ed25519Signer, Signer, TransitSigner
 from l7.devstack.openbao import OpenBaoDev
 from l7.engine.state import fold_decision
+from l7.gateway.client import Denied, GatewayClient, Governed, PendingAuthority
 from l7.identity import JwksUrl, JwtVerifier, claim_map_for_openbao
+from l7.server.convert import request_to_proto
 from l7.stack import REPO_ROOT, Stack, StackConfig
 from l7.v1 import governance_pb2 as pb
 
@@ -46,6 +52,8 @@ CAST = {
     "ana": (3, ["data"]),
     "ben": (3, ["data"]),
     "sam": (4, ["*"]),
+    "sue": (2, ["data"]),
+    "agent-ops": (1, ["data"]),
 }
 
 
@@ -111,9 +119,11 @@ def run_demo(*, keep: bool = False) -> int:
                 audience=bao.audience,
                 claim_map=claim_map_for_openbao(),
             )
-            cfg = StackConfig(env="local", ledger_url=ledger_url, work_dir=work, verifier=verifier)
+            cfg = StackConfig(
+                env="local", ledger_url=ledger_url, work_dir=work, verifier=verifier, gateway=True
+            )
             with Stack(cfg) as stack:
-                return _scenario(stack, bao)
+                return _scenario(stack, bao, work)
     finally:
         if keep:
             print(f"(kept {work})")
@@ -121,7 +131,75 @@ def run_demo(*, keep: bool = False) -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _scenario(stack: Stack, bao: OpenBaoDev) -> int:
+def _tools(gov: Governed, sandbox: Path, accounts: dict[str, int]) -> dict[str, Any]:
+    spec = importlib.util.spec_from_file_location(
+        "governed_tools", REPO_ROOT / "examples" / "governed_tools.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    tools: dict[str, Any] = mod.build(gov, sandbox, accounts)
+    return tools
+
+
+def _governed_tools(stack: Stack, bao: OpenBaoDev, work: Path) -> None:
+    sandbox = work / "sandbox"
+    sandbox.mkdir()
+    (sandbox / "report.csv").write_text("day,count\n1,42\n")
+    (sandbox / "stale.tmp").write_text("old")
+    gov = Governed(
+        engine=stack.target,
+        gateway=stack.gateway_target,
+        actor={"id": "agent-ops", "role": "agent", "level": 1},
+        environment="dev",
+        token=bao.token_for("agent-ops"),
+    )
+    tools = _tools(gov, sandbox, {"ops": 100, "vendor": 0})
+    print(f"    gateway on {stack.gateway_target}; tools from examples/governed_tools.py")
+    print(f"    read_file('report.csv') -> {tools['read_file']('report.csv')}  (allowed, executed)")
+    try:
+        tools["delete_file"]("stale.tmp")
+    except PendingAuthority as p:
+        print(f"    delete_file('stale.tmp') -> waiting: {p}")
+        sue = Ed25519Signer.generate(key_id="sue-laptop")
+        with GovernanceClient(stack.target, token=bao.token_for("sam")) as sec:
+            sec.register_key("sue", sue.key_id, "ed25519", sue.public_key_raw)
+        with GovernanceClient(stack.target, token=bao.token_for("sue")) as c:
+            d = c.get_decision(p.decision_id)
+            c.approve(p.decision_id, _signed("sue", d, sue))
+        print("    sue (L2 supervisor) approves; the agent resumes the same call")
+        out = tools["delete_file"].resume(p.decision_id, "stale.tmp")
+        print(f"    delete_file resumed -> {out['deleted']} deleted, file exists: "
+              f"{(sandbox / 'stale.tmp').exists()}")  # fmt: skip
+    prod = Governed(
+        engine=stack.target,
+        gateway=stack.gateway_target,
+        actor={"id": "agent-ops", "role": "agent", "level": 1},
+        environment="production",
+        token=bao.token_for("agent-ops"),
+    )
+    try:
+        _tools(prod, sandbox, {})["debug_exec"]("web-1", "bash")
+    except Denied as e:
+        print(f"    debug_exec('web-1') in production -> denied ({e.reasons[0][:70]}...)")
+    # A grant is single-use: presenting it twice is refused by the ledger's unique key.
+    with GovernanceClient(stack.target, token=bao.token_for("agent-reporter")) as c:
+        replay = _load("read-dev.json")
+        replay["idempotency_key"] = "demo-replay"
+        r = c.decide_proto(request_to_proto(replay))
+    gw = GatewayClient(stack.gateway_target)
+    gw.authorize(r.grant, replay["action"])
+    try:
+        gw.authorize(r.grant, replay["action"])
+    except RemoteError as e:
+        print(f"    the same grant presented again -> refused: {e.reason}")
+        assert e.reason == "grant_replayed"
+    gw.close()
+    gov.close()
+    prod.close()
+
+
+def _scenario(stack: Stack, bao: OpenBaoDev, work: Path) -> int:
     assert stack.opa is not None and stack.bundle is not None and stack.ledger is not None
     print(f"    OPA {stack.opa.url} serving bundle {stack.bundle.revision[:12]}")
     print(f"    OpenBao {bao.url} is the identity provider (OIDC) and transit signer")
@@ -193,7 +271,10 @@ def _scenario(stack: Stack, bao: OpenBaoDev) -> int:
     print(f"    same decision {rid}: {same}, replayed={replayed}")
     assert same and replayed
 
-    _step(6, "OPA goes down; the same kind of request is now refused (fail closed)")
+    _step(6, "governed tools run only through the gateway")
+    _governed_tools(stack, bao, work)
+
+    _step(7, "OPA goes down; the same kind of request is now refused (fail closed)")
     stack.opa.stop()
     down = _load("read-dev.json")
     down["idempotency_key"] = "weekly-report-opa-down"
@@ -202,7 +283,7 @@ def _scenario(stack: Stack, bao: OpenBaoDev) -> int:
     _show(d)
     assert d["outcome"] == "DENY" and d["reason_code"] == "policy_store_degraded", d
 
-    _step(7, "the ledger alone tells what happened, and proves it was not altered")
+    _step(8, "the ledger alone tells what happened, and proves it was not altered")
     stream = stack.ledger.get_stream(queued["decision_id"])
     rebuilt = fold_decision(stream)
     print(
