@@ -63,6 +63,15 @@ def decision_json(d: pb.Decision) -> dict[str, Any]:
     return out
 
 
+def _bg_json(info: pb.BreakGlassInfo) -> dict[str, Any]:
+    out = json_format.MessageToDict(
+        info, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    for k in ("expires_at", "review_deadline"):
+        out[k] = int(out[k])
+    return out
+
+
 class GovernanceClient:
     """``token``: the caller's OIDC JWT, sent as ``authorization: Bearer`` on every call."""
 
@@ -134,6 +143,40 @@ class GovernanceClient:
         out = decision_json(resp.decision)
         out["replayed"] = resp.replayed
         return out
+
+    def breakglass(
+        self,
+        *,
+        incident_id: str,
+        category: str,
+        text: str,
+        ttl_s: int,
+        action_class: str,
+        target: tuple[str, str],
+        environment: str = "production",
+    ) -> tuple[dict[str, Any], str]:
+        r = self._call(
+            "BreakGlass",
+            pb.BreakGlassRequest(
+                reason=pb.BreakGlassReason(incident_id=incident_id, category=category, text=text),
+                ttl_s=ttl_s,
+                action_class=action_class,
+                target=pb.Target(type=target[0], id=target[1]),
+                environment=environment,
+            ),
+        )
+        return _bg_json(r.breakglass), str(r.grant)
+
+    def review_breakglass(self, decision_id: str, findings: str) -> dict[str, Any]:
+        r = self._call(
+            "ReviewBreakGlass",
+            pb.ReviewBreakGlassRequest(decision_id=decision_id, findings=findings),
+        )
+        return _bg_json(r.breakglass)
+
+    def list_breakglass(self) -> list[dict[str, Any]]:
+        r = self._call("ListBreakGlass", pb.ListBreakGlassRequest())
+        return [_bg_json(i) for i in r.items]
 
     def get_decision(self, decision_id: str) -> dict[str, Any]:
         r = self._call("GetDecision", pb.GetDecisionRequest(decision_id=decision_id))

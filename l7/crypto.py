@@ -115,6 +115,12 @@ def intent_hash(action: Mapping[str, Any]) -> str:
 # -- keys ---------------------------------------------------------------------------------
 
 
+def scope_hash(action_class: str, target_type: str, target_id: str) -> str:
+    """What a break-glass grant binds to: the class and target, not one exact payload."""
+    scope = {"class": action_class, "target": {"type": target_type, "id": target_id}}
+    return "scope:" + sha256_hex(canonical(scope))
+
+
 def public_key_raw(pub: Ed25519PublicKey) -> bytes:
     return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 

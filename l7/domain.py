@@ -21,6 +21,7 @@ __all__ = [
     "Authority",
     "AuthorityState",
     "Band",
+    "BreakGlass",
     "Clause",
     "Context",
     "Decision",
@@ -246,6 +247,21 @@ class AuthorityState:
 
 
 @dataclass(frozen=True)
+class BreakGlass:
+    """An emergency authorization: scoped, short, and owed a review by another L4/L5."""
+
+    opened_by: str
+    level: int
+    incident_id: str
+    category: str
+    text: str
+    expires_at: int
+    review_deadline: int
+    reviewed_by: str | None = None
+    findings: str | None = None
+
+
+@dataclass(frozen=True)
 class LedgerRef:
     """Where the ledger confirmed the last event of a decision."""
 
@@ -272,6 +288,8 @@ class Decision:
     """The ledger event that authorized the decision (what execution grants bind to)."""
     execution_id: str | None = None
     """The grant id the gateway consumed, once execution was authorized."""
+    breakglass: BreakGlass | None = None
+    """Set when the decision is a break-glass override instead of a policy judgement."""
 
     @property
     def intent_hash(self) -> str:

@@ -17,6 +17,7 @@ import grpc
 
 from l7.engine import Clock, Engine
 from l7.engine.authority import AuthorityService
+from l7.engine.breakglass import BreakGlassService
 from l7.engine.engine import _utcnow
 from l7.errors import L7Error
 from l7.gateway.grant import (
@@ -72,6 +73,7 @@ class Stack:
         self.ledger: LedgerClient | None = None
         self.engine: Engine | None = None
         self.authority: AuthorityService | None = None
+        self.breakglass: BreakGlassService | None = None
         self.server: grpc.Server | None = None
         self.port = 0
         self.gateway_server: grpc.Server | None = None
@@ -113,6 +115,7 @@ class Stack:
             self.ledger = open_ledger(cfg.ledger_url)
             self.engine = Engine(evaluator, self.ledger, clock=cfg.clock)
             self.authority = AuthorityService(self.engine)
+            self.breakglass = BreakGlassService(self.engine)
             key_path = cfg.grant_key or cfg.work_dir / "keys" / "grant.pem"
             grant_key = load_or_create_grant_key(key_path)
             self.grant_public_key_path = Path(str(key_path) + ".pub")
@@ -125,6 +128,7 @@ class Stack:
                 authority=self.authority,
                 verifier=cfg.verifier,
                 grants=issuer,
+                breakglass=self.breakglass,
             )
             self.server.start()
             if cfg.gateway:
@@ -154,6 +158,8 @@ class Stack:
                 return
             try:
                 authority.sweep()
+                if self.breakglass is not None:
+                    self.breakglass.sweep()
             except L7Error as e:  # a degraded dependency: try again next round
                 log.warning("sweep skipped: %s", e)
 

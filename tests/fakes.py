@@ -126,5 +126,10 @@ class FakePolicy:
             raise PolicyStoreDegraded("fake OPA is down")
         return self.result
 
+    def query(self, package: str, rule: str, policy_input: Mapping[str, Any]) -> tuple[Any, str]:
+        if self.down:
+            raise PolicyStoreDegraded("fake OPA is down")
+        return {}, self.result.policy_version
+
     def close(self) -> None:
         pass

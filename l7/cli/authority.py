@@ -221,6 +221,36 @@ def cmd_delegate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_breakglass(a: argparse.Namespace) -> int:
+    with _client(a) as c:
+        if a.bg_cmd == "open":
+            info, grant = c.breakglass(
+                incident_id=a.incident,
+                category=a.category,
+                text=a.reason,
+                ttl_s=a.ttl,
+                action_class=a.action_class,
+                target=(a.target_type, a.target_id),
+                environment=a.environment,
+            )
+            print(json.dumps({"breakglass": info, "grant": grant}, indent=2, sort_keys=True))
+        elif a.bg_cmd == "review":
+            print(json.dumps(c.review_breakglass(a.decision_id, a.findings), indent=2))
+        else:
+            items = c.list_breakglass()
+            if a.json:
+                print(json.dumps(items, indent=2, sort_keys=True))
+                return 0
+            print(f"{'decision':<38} {'opened by':<12} {'incident':<12} {'review due':>11}  state")
+            for i in items:
+                state = "OVERDUE" if i["overdue"] else "awaiting review"
+                print(
+                    f"{i['decision_id']:<38} {i['opened_by']:<12} {i['incident_id']:<12} "
+                    f"{i['review_deadline']:>11}  {state}"
+                )
+    return 0
+
+
 def add_authority_commands(sub: Any, default_addr: str) -> None:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--target", default=default_addr, help="server address")
@@ -275,6 +305,29 @@ def add_authority_commands(sub: Any, default_addr: str) -> None:
     v.add_argument("--key-id", required=True)
     v.add_argument("--reason", required=True)
     v.set_defaults(fn=cmd_keys)
+
+    sp = sub.add_parser("breakglass", help="emergency access: open, review, pending")
+    bs = sp.add_subparsers(dest="bg_cmd", required=True, metavar="SUBCOMMAND")
+    o = bs.add_parser("open", help="open a scoped, time-bound break-glass (L4/L5)")
+    common(o)
+    o.add_argument("--incident", required=True, help="incident id")
+    o.add_argument("--category", required=True, help="one of the policy's categories")
+    o.add_argument("--reason", required=True, help="what is on fire and why this is needed")
+    o.add_argument("--ttl", type=int, default=900, help="requested window in seconds")
+    o.add_argument("--class", dest="action_class", required=True, help="action class in scope")
+    o.add_argument("--target-type", required=True)
+    o.add_argument("--target-id", required=True)
+    o.add_argument("--environment", default="production")
+    o.set_defaults(fn=cmd_breakglass)
+    r2 = bs.add_parser("review", help="the post-incident review (a different L4/L5)")
+    common(r2)
+    r2.add_argument("decision_id")
+    r2.add_argument("--findings", required=True)
+    r2.set_defaults(fn=cmd_breakglass)
+    p2 = bs.add_parser("pending", help="break-glass still owed a review")
+    common(p2)
+    p2.add_argument("--json", action="store_true")
+    p2.set_defaults(fn=cmd_breakglass)
 
     sp = sub.add_parser("delegate", help="delegate your level for a bounded window and scope")
     common(sp)

@@ -20,6 +20,7 @@ from l7.domain import (
     Authority,
     AuthorityState,
     Band,
+    BreakGlass,
     Clause,
     Decision,
     DecisionId,
@@ -80,6 +81,7 @@ class _Fold:
         self.state = AuthorityState.empty()
         self.authorized_by: LedgerRef | None = None
         self.execution_id: str | None = None
+        self.breakglass: BreakGlass | None = None
 
     def apply(self, e: StoredEvent) -> None:
         p, kind = e.payload, e.event_type
@@ -113,6 +115,23 @@ class _Fold:
                 clauses=_clauses(p["clauses"]),
                 escalations=int(p["escalations"]),
                 escalate_at=int(p["escalate_at"]),
+            )
+        elif kind == _E.OVERRIDE_BREAKGLASS:
+            self.breakglass = BreakGlass(
+                opened_by=p["opened_by"],
+                level=int(p["level"]),
+                incident_id=p["incident_id"],
+                category=p["category"],
+                text=p["text"],
+                expires_at=int(p["expires_at"]),
+                review_deadline=int(p["review_deadline"]),
+            )
+            self.status, self.outcome = Status.AUTHORIZED, Outcome.ALLOW
+            self.reason_code, self.reasons = "breakglass", tuple(p["reasons"])
+            self.authorized_by = LedgerRef(e.global_seq, e.hash, e.event_id)
+        elif kind == _E.BREAKGLASS_REVIEWED and self.breakglass is not None:
+            self.breakglass = replace(
+                self.breakglass, reviewed_by=p["reviewer"], findings=p["findings"]
             )
         elif kind == _E.EXECUTION_AUTHORIZED:
             self.execution_id = p["execution_id"]
@@ -175,4 +194,5 @@ def fold_decision(events: Sequence[StoredEvent]) -> Decision:
         authority_state=f.state,
         authorized_by=f.authorized_by,
         execution_id=f.execution_id,
+        breakglass=f.breakglass,
     )

@@ -25,7 +25,13 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from l7.crypto import key_fingerprint, load_private_key, public_key_raw, save_private_key
+from l7.crypto import (
+    key_fingerprint,
+    load_private_key,
+    public_key_raw,
+    save_private_key,
+    scope_hash,
+)
 from l7.domain import Decision, Status
 from l7.errors import ConfigError, GrantRefused
 
@@ -56,6 +62,8 @@ class Grant:
     issued_at: int
     expires_at: int
     jti: str
+    breakglass: bool = False
+    """A break-glass grant binds a scope (class + target), not one exact action."""
 
 
 def load_or_create_grant_key(path: Path) -> Ed25519PrivateKey:
@@ -115,16 +123,27 @@ class GrantIssuer:
             )
         now = int(self._clock())
         target = decision.request.action.target
+        exp, action_hash = now + self.ttl_s, decision.intent_hash
+        bg = decision.breakglass
+        if bg is not None:
+            if bg.expires_at <= now:
+                raise GrantRefused(
+                    f"the break-glass window of {decision.decision_id} closed at {bg.expires_at}",
+                    reason="grant_expired",
+                )
+            exp = min(exp, bg.expires_at)
+            action_hash = scope_hash(decision.request.action.action_class, target.type, target.id)
         claims = {
             "iss": ISSUER,
             "aud": AUDIENCE,
             "decision_id": decision.decision_id,
-            "action_hash": decision.intent_hash,
+            "action_hash": action_hash,
+            "breakglass": bg is not None,
             "target": {"type": target.type, "id": target.id},
             "ledger_hash": decision.authorized_by.hash,
             "policy_version": decision.policy_version,
             "iat": now,
-            "exp": now + self.ttl_s,
+            "exp": exp,
             "jti": str(uuid.uuid4()),
         }
         return jwt.encode(
@@ -201,4 +220,5 @@ class GrantVerifier:
             issued_at=iat,
             expires_at=exp,
             jti=str(claims["jti"]),
+            breakglass=claims.get("breakglass") is True,
         )

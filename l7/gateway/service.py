@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from l7.crypto import intent_hash
+from l7.crypto import intent_hash, scope_hash
 from l7.domain import Decision, Status
 from l7.engine.state import fold_decision
 from l7.errors import GrantRefused, LedgerDegraded, RequestInvalid
@@ -81,7 +81,10 @@ class GatewayService:
         grant = self.verifier.verify(token)  # 1
         try:
             presented = intent_hash(action)
-        except RequestInvalid as e:
+            if grant.breakglass:  # a break-glass grant binds the class and target only
+                t = action["target"]
+                presented = scope_hash(str(action["class"]), str(t["type"]), str(t["id"]))
+        except (RequestInvalid, KeyError, TypeError) as e:
             raise GrantRefused(
                 f"the presented action is malformed: {e}", reason="action_mismatch"
             ) from e
@@ -104,6 +107,11 @@ class GatewayService:
             raise GrantRefused(
                 f"decision {d.decision_id} is {d.status.value}, not authorized",
                 reason="not_authorized",
+            )
+        if d.breakglass is not None and d.breakglass.expires_at <= self._clock():
+            raise GrantRefused(
+                f"the break-glass window of {d.decision_id} closed at {d.breakglass.expires_at}",
+                reason="grant_expired",
             )
         if d.authorized_by.hash != grant.ledger_hash or d.policy_version != grant.policy_version:
             raise GrantRefused(

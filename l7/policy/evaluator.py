@@ -64,6 +64,26 @@ class OpaEvaluator:
             )
         return judgement
 
+    def query(self, package: str, rule: str, policy_input: Mapping[str, Any]) -> tuple[Any, str]:
+        """Any other rule of the active bundle, with the revision that answered."""
+        try:
+            raw = self._client.query_rule(dict(policy_input), package, rule, {"provenance": True})
+        except requests.RequestException as e:
+            raise PolicyStoreDegraded(
+                f"OPA at {self.url} did not answer ({type(e).__name__}); "
+                "check that it is running and has an active bundle"
+            ) from e
+        except ValueError as e:
+            raise PolicyStoreDegraded(f"OPA at {self.url} answered with invalid JSON") from e
+        revision = _revision(raw)
+        if self.expected_revision and revision != self.expected_revision:
+            raise PolicyStoreDegraded(
+                f"OPA serves bundle revision {revision}, but the lock pins {self.expected_revision}"
+            )
+        if "result" not in raw:
+            raise PolicyStoreDegraded(f"data.{package.replace('/', '.')}.{rule} is undefined")
+        return raw["result"], revision
+
     def close(self) -> None:
         self._client.close_connection()
 

@@ -10,6 +10,7 @@ from grpc_reflection.v1alpha import reflection
 
 from l7.engine import Engine
 from l7.engine.authority import AuthorityService
+from l7.engine.breakglass import BreakGlassService
 from l7.errors import ConfigError
 from l7.gateway.grant import GrantIssuer
 from l7.identity import TokenVerifier
@@ -31,6 +32,7 @@ def create_server(
     authority: AuthorityService | None = None,
     verifier: TokenVerifier | None = None,
     grants: GrantIssuer | None = None,
+    breakglass: BreakGlassService | None = None,
     max_workers: int = 32,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     """A started-later server bound to ``addr`` (use port 0 for a free port)."""
@@ -44,7 +46,7 @@ def create_server(
         ],
     )
     pb_grpc.add_GovernanceServicer_to_server(
-        GovernanceService(engine, authority, verifier, grants), server
+        GovernanceService(engine, authority, verifier, grants, breakglass), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -15,6 +15,7 @@ from l7.authority.approval import SignedApproval, Verdict
 from l7.domain import Decision, Status
 from l7.engine import Engine
 from l7.engine.authority import AuthorityService
+from l7.engine.breakglass import BreakGlassRequest, BreakGlassService
 from l7.errors import ApprovalInvalid, Forbidden, GrantRefused, RequestInvalid, Unauthenticated
 from l7.gateway.grant import GrantIssuer
 from l7.identity import Identity, TokenVerifier
@@ -61,11 +62,73 @@ class GovernanceService(pb_grpc.GovernanceServicer):
         authority: AuthorityService,
         verifier: TokenVerifier | None,
         grants: GrantIssuer | None = None,
+        breakglass: BreakGlassService | None = None,
     ) -> None:
         self.engine = engine
         self.authority = authority
         self.verifier = verifier
         self.grants = grants
+        self.breakglass = breakglass or BreakGlassService(engine)
+
+    def _bg_info(self, d: Decision) -> pb.BreakGlassInfo:
+        bg = d.breakglass
+        assert bg is not None
+        t = d.request.action.target
+        return pb.BreakGlassInfo(
+            decision_id=d.decision_id,
+            opened_by=bg.opened_by,
+            incident_id=bg.incident_id,
+            category=bg.category,
+            text=bg.text,
+            expires_at=bg.expires_at,
+            review_deadline=bg.review_deadline,
+            reviewed_by=bg.reviewed_by or "",
+            overdue=bg.reviewed_by is None
+            and bg.review_deadline <= int(self.engine.clock().timestamp()),
+            action_class=d.request.action.action_class,
+            target=pb.Target(type=t.type, id=t.id),
+        )
+
+    def BreakGlass(  # noqa: N802
+        self, request: pb.BreakGlassRequest, context: grpc.ServicerContext
+    ) -> pb.BreakGlassResponse:
+        who = self._identity(context)
+        r = request.reason
+        d = self.breakglass.open(
+            who,
+            BreakGlassRequest(
+                incident_id=r.incident_id,
+                category=r.category,
+                text=r.text,
+                ttl_s=request.ttl_s,
+                action_class=request.action_class,
+                target_type=request.target.type,
+                target_id=request.target.id,
+                environment=request.environment or "production",
+            ),
+        )
+        return pb.BreakGlassResponse(
+            breakglass=self._bg_info(d),
+            grant=self._grant_for(d),
+            ledger=pb.LedgerConfirmation(
+                global_seq=d.ledger.global_seq, hash=d.ledger.hash, event_id=d.ledger.event_id
+            ),
+        )
+
+    def ReviewBreakGlass(  # noqa: N802
+        self, request: pb.ReviewBreakGlassRequest, context: grpc.ServicerContext
+    ) -> pb.ReviewBreakGlassResponse:
+        who = self._identity(context)
+        d = self.breakglass.review(who, request.decision_id, request.findings)
+        return pb.ReviewBreakGlassResponse(breakglass=self._bg_info(d))
+
+    def ListBreakGlass(  # noqa: N802
+        self, request: pb.ListBreakGlassRequest, context: grpc.ServicerContext
+    ) -> pb.ListBreakGlassResponse:
+        self._identity(context)
+        return pb.ListBreakGlassResponse(
+            items=[self._bg_info(d) for d in self.breakglass.unreviewed()]
+        )
 
     def _grant_for(self, decision: Decision) -> str:
         if self.grants is None or decision.status is not Status.AUTHORIZED:

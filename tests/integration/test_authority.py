@@ -135,6 +135,7 @@ def _world(bao: OpenBaoDev, tmp_path: Path, cache_ttl_s: float = 300) -> Iterato
         work_dir=tmp_path,
         clock=clock,
         verifier=_verifier(bao, cache_ttl_s),
+        gateway=True,
         sweep_interval_s=0,
     )
     with Stack(cfg) as stack:

@@ -1,0 +1,274 @@
+"""Break-glass: explicit, scoped, time-bound emergency authorization, always reviewed.
+
+    open     identity (L4/L5 per policy) + structured reason + TTL + scope
+             -> policy l7.breakglass decides (levels, categories, TTL cap, overdue reviews)
+             -> decision.created + override.breakglass (status authorized) in one batch
+             -> a grant valid only for that class and target, and only inside the window
+    review   a DIFFERENT L4/L5 records breakglass.reviewed (once)
+    sweep    an unreviewed break-glass past its deadline raises an alert
+             (anomaly.detected, once) and blocks its opener's next break-glass
+
+Break-glass never skips the ledger: when the ledger cannot confirm, it is refused.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass
+
+from l7.domain import Action, Actor, Context, Decision, DecisionRequest, Status, Target
+from l7.engine.engine import Engine
+from l7.errors import (
+    Forbidden,
+    IllegalTransition,
+    LedgerDegraded,
+    PolicyStoreDegraded,
+    RequestInvalid,
+)
+from l7.identity import Identity
+from ledger import DuplicateKey, EventType, LedgerError, NewEvent
+
+__all__ = ["REVIEWER_MIN_LEVEL", "BreakGlassRequest", "BreakGlassService"]
+
+_E = EventType
+REVIEWER_MIN_LEVEL = 4
+
+
+@dataclass(frozen=True)
+class BreakGlassRequest:
+    incident_id: str
+    category: str
+    text: str
+    ttl_s: int
+    action_class: str
+    target_type: str
+    target_id: str
+    environment: str = "production"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    opened_by: str
+    review_deadline: int
+    reviewed: bool
+
+
+class BreakGlassService:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.ledger = engine.ledger
+        self._index: dict[str, _Entry] = {}
+        self._loaded = False
+        self._lock = threading.Lock()
+
+    def _now(self) -> int:
+        return int(self.engine.clock().timestamp())
+
+    def _load(self) -> None:
+        with self._lock:
+            if self._loaded:
+                return
+            try:
+                for e in self.ledger.iter_events():
+                    if e.event_type == _E.OVERRIDE_BREAKGLASS.value:
+                        self._index[e.decision_id] = _Entry(
+                            e.payload["opened_by"], int(e.payload["review_deadline"]), False
+                        )
+                    elif (
+                        e.event_type == _E.BREAKGLASS_REVIEWED.value
+                        and e.decision_id in self._index
+                    ):
+                        old = self._index[e.decision_id]
+                        self._index[e.decision_id] = _Entry(
+                            old.opened_by, old.review_deadline, True
+                        )
+            except LedgerError as err:
+                raise LedgerDegraded(f"the ledger could not be read: {err}") from err
+            self._loaded = True
+
+    def unreviewed(self) -> list[Decision]:
+        """Every break-glass still owed a review, oldest deadline first."""
+        self._load()
+        with self._lock:
+            ids = [d for d, e in self._index.items() if not e.reviewed]
+        out = [self.engine.get_decision(d) for d in ids]
+        return sorted(out, key=lambda d: d.breakglass.review_deadline if d.breakglass else 0)
+
+    def _overdue_for(self, actor: str, now: int) -> int:
+        self._load()
+        with self._lock:
+            return sum(
+                1
+                for e in self._index.values()
+                if e.opened_by == actor and not e.reviewed and e.review_deadline <= now
+            )
+
+    def open(self, identity: Identity, req: BreakGlassRequest) -> Decision:
+        now = self._now()
+        policy_input = {
+            "actor": {"id": identity.subject, "level": identity.level},
+            "reason": {"incident_id": req.incident_id, "category": req.category, "text": req.text},
+            "ttl_s": req.ttl_s,
+            "scope": {
+                "action_class": req.action_class,
+                "target": {"type": req.target_type, "id": req.target_id},
+            },
+            "environment": req.environment,
+            "overdue_reviews": self._overdue_for(identity.subject, now),
+        }
+        result, revision = self.engine.policy.query("l7/breakglass", "result", policy_input)
+        if not isinstance(result, dict) or not isinstance(result.get("allowed"), bool):
+            raise PolicyStoreDegraded("policy data.l7.breakglass.result is malformed")
+        if not result["allowed"]:
+            raise Forbidden(
+                "break-glass refused: " + "; ".join(str(p) for p in result.get("problems", [])),
+                reason="breakglass_refused",
+            )
+        ttl, review_within = int(result["ttl_s"]), int(result["review_within_s"])
+        decision_id = str(uuid.uuid4())
+        request = DecisionRequest(
+            Action(
+                req.action_class,
+                f"BREAK-GLASS {req.incident_id}: {req.text}"[:1024],
+                Target(req.target_type, req.target_id),
+                {},
+            ),
+            Context(
+                Actor(identity.subject, ",".join(identity.roles), identity.level),
+                req.environment,
+                "breakglass",
+            ),
+        )
+        created_at = self.engine.clock().isoformat().replace("+00:00", "Z")
+        events = [
+            NewEvent(
+                decision_id,
+                _E.DECISION_CREATED,
+                identity.subject,
+                revision,
+                {
+                    "status": Status.DRAFT.value,
+                    "request": request.to_dict(),
+                    "request_sha256": request.fingerprint(),
+                    "idempotency_key": "",
+                    "created_at": created_at,
+                },
+            ),
+            NewEvent(
+                decision_id,
+                _E.OVERRIDE_BREAKGLASS,
+                identity.subject,
+                revision,
+                {
+                    "status": Status.AUTHORIZED.value,
+                    "outcome": "ALLOW",
+                    "reason_code": "breakglass",
+                    "reasons": [
+                        f"break-glass by {identity.subject} (L{identity.level}) for incident "
+                        f"{req.incident_id} ({req.category}); review due by "
+                        f"{now + review_within}"
+                    ],
+                    "opened_by": identity.subject,
+                    "level": identity.level,
+                    "incident_id": req.incident_id,
+                    "category": req.category,
+                    "text": req.text,
+                    "requested_ttl_s": req.ttl_s,
+                    "ttl_s": ttl,
+                    "expires_at": now + ttl,
+                    "review_deadline": now + review_within,
+                    "scope": {
+                        "action_class": req.action_class,
+                        "target": {"type": req.target_type, "id": req.target_id},
+                    },
+                },
+            ),
+        ]
+        try:
+            self.ledger.append(events)
+        except LedgerError as e:
+            raise LedgerDegraded(
+                f"break-glass refused: the ledger did not confirm it ({e}); break-glass never "
+                "skips the ledger"
+            ) from e
+        with self._lock:
+            self._index[decision_id] = _Entry(identity.subject, now + review_within, False)
+        return self.engine.get_decision(decision_id)
+
+    def review(self, identity: Identity, decision_id: str, findings: str) -> Decision:
+        d = self.engine.get_decision(decision_id)
+        bg = d.breakglass
+        if bg is None:
+            raise IllegalTransition(decision_id, d.status.value, "reviewed as a break-glass")
+        if identity.subject == bg.opened_by:
+            raise Forbidden(
+                f"{identity.subject} opened this break-glass; a different L4/L5 must review it",
+                reason="self_review",
+            )
+        if identity.level < REVIEWER_MIN_LEVEL:
+            raise Forbidden(
+                f"break-glass reviews need L{REVIEWER_MIN_LEVEL}+; {identity.subject} is "
+                f"L{identity.level}",
+                reason="insufficient_level",
+            )
+        if not findings.strip():
+            raise RequestInvalid("findings", "is required: what happened and was it justified")
+        try:
+            self.ledger.append(
+                [
+                    NewEvent(
+                        decision_id,
+                        _E.BREAKGLASS_REVIEWED,
+                        identity.subject,
+                        d.policy_version,
+                        {
+                            "reviewer": identity.subject,
+                            "level": identity.level,
+                            "findings": findings,
+                            "reviewed_at": self._now(),
+                            "overdue": self._now() > bg.review_deadline,
+                        },
+                        unique_key=f"breakglass-review:{decision_id}",
+                    )
+                ]
+            )
+        except DuplicateKey as e:
+            raise IllegalTransition(decision_id, "reviewed", "reviewed again") from e
+        except LedgerError as e:
+            raise LedgerDegraded(f"the ledger did not confirm the review: {e}") from e
+        self._load()
+        with self._lock:
+            self._index[decision_id] = _Entry(bg.opened_by, bg.review_deadline, True)
+        return self.engine.get_decision(decision_id)
+
+    def sweep(self) -> int:
+        """Alert (once each) on break-glass whose review deadline has passed."""
+        now, alerts = self._now(), 0
+        for d in self.unreviewed():
+            bg = d.breakglass
+            if bg is None or bg.review_deadline > now:
+                continue
+            try:
+                self.ledger.append(
+                    [
+                        NewEvent(
+                            d.decision_id,
+                            _E.ANOMALY_DETECTED,
+                            "l7-engine",
+                            d.policy_version,
+                            {
+                                "kind": "breakglass_review_overdue",
+                                "subject": bg.opened_by,
+                                "detail": f"review was due at {bg.review_deadline}",
+                            },
+                            unique_key=f"breakglass-overdue:{d.decision_id}",
+                        )
+                    ]
+                )
+                alerts += 1
+            except DuplicateKey:
+                continue
+            except LedgerError as e:
+                raise LedgerDegraded(f"the ledger did not confirm the alert: {e}") from e
+        return alerts
