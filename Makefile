@@ -17,7 +17,7 @@ LEDGER_PROTOS := $(wildcard proto/l7/ledger/v1/*.proto)
 STUB_STAMP  := .build/stubs.stamp
 ENV         ?= local
 
-.PHONY: help setup venv opa stubs run demo test unit integration opa-test lint fmt bench lock clean
+.PHONY: help setup venv opa stubs postgres run demo test unit integration opa-test lint fmt bench lock clean
 
 help: ## Show this help
 	@echo "Layer-7 — two commands do everything on a fresh machine:"
@@ -61,6 +61,13 @@ $(STUB_STAMP): $(PROTOS) $(LEDGER_PROTOS) $(VENV)/.installed
 	fi
 	@touch $@
 
+# PostgreSQL server binaries for the ledger tests (the fixture runs initdb/pg_ctl itself).
+postgres: ## Install PostgreSQL server binaries (apt) unless /usr/lib/postgresql/*/bin/postgres exists
+	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
+	fi
+
 run: setup ## Set up, build the $(ENV) bundle and serve Decide on 127.0.0.1:50051 (Ctrl-C stops)
 	$(VENV)/bin/l7 serve --env $(ENV) --addr 127.0.0.1:$${L7_PORT:-50051}
 
@@ -91,10 +98,10 @@ fmt: setup ## Apply ruff format and opa fmt
 unit: setup ## Unit tests only (fakes, no servers)
 	$(PY) -m pytest -m "not integration" -q
 
-integration: setup ## Integration tests only (real OPA, OpenBao, PostgreSQL)
+integration: setup postgres ## Integration tests only (real OPA, OpenBao, PostgreSQL)
 	$(PY) -m pytest -m integration -q
 
-test: setup opa-test lint ## Set up, then Rego tests + coverage, lint, type check, unit and integration tests
+test: setup postgres opa-test lint ## Set up, then Rego tests + coverage, lint, type check, unit and integration tests
 	$(PY) -m pytest -q
 
 bench: setup ## Benchmarks: bare OPA vs Decide over gRPC, ledger append/verify; writes bench/results.json

@@ -8,24 +8,37 @@ connection sets ``busy_timeout``; writer connections set WAL and
 ``synchronous=FULL``; reader connections are ``query_only``. WAL lets readers
 run beside the writer.
 
-PostgreSQL (``postgresql://`` uses psycopg 3): plain engines; the writer
-serialises itself with a table lock (``ledger.store``).
+PostgreSQL (``postgresql+psycopg://``, psycopg 3): the writer serialises itself
+across processes with ``pg_advisory_xact_lock(WRITE_LOCK_KEY)`` as the first
+statement of each transaction (``write_lock``): an advisory lock needs no table
+privilege, so the least-privileged application role (SELECT and INSERT only)
+can take it, where ``LOCK TABLE ... SHARE ROW EXCLUSIVE`` would need UPDATE,
+DELETE or TRUNCATE. Under READ COMMITTED every later statement sees what the
+previous lock holder committed. Writer connections set ``lock_timeout`` to the
+busy timeout; reader connections are read-only. ``pool_pre_ping`` replaces
+connections a restarted server dropped.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
-__all__ = ["make_engine"]
+__all__ = ["WRITE_LOCK_KEY", "make_engine", "write_lock"]
+
+WRITE_LOCK_KEY = 0x4C375F4C45444752
+"""Advisory lock key (bigint) every ledger writer of a PostgreSQL database takes ("L7_LEDGR")."""
+
+_CONNECT_TIMEOUT_S = 5
 
 
 def make_engine(url: str, *, writer: bool, busy_timeout_s: float) -> Engine:
-    """An engine for ``url``; ``writer`` engines take the write lock when they begin."""
-    if make_url(url).get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+    """An engine for ``url``; ``writer`` engines serialise writes (see the module docstring)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        return _postgresql(url, writer=writer, busy_timeout_s=busy_timeout_s)
     eng = create_engine(
         url,
         connect_args={"timeout": busy_timeout_s, "check_same_thread": False},
@@ -53,3 +66,38 @@ def make_engine(url: str, *, writer: bool, busy_timeout_s: float) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return eng
+
+
+def _postgresql(url: str, *, writer: bool, busy_timeout_s: float) -> Engine:
+    parsed = make_url(url)
+    connect_args: dict[str, Any] = {}
+    if "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = _CONNECT_TIMEOUT_S
+    if "application_name" not in parsed.query:
+        connect_args["application_name"] = "layer7-ledger-" + ("writer" if writer else "reader")
+    eng = create_engine(
+        url, pool_pre_ping=True, pool_size=1 if writer else 5, connect_args=connect_args
+    )
+    lock_ms = max(1, int(busy_timeout_s * 1000))
+
+    @event.listens_for(eng, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        autocommit = dbapi_conn.autocommit
+        dbapi_conn.autocommit = True
+        with dbapi_conn.cursor() as cur:
+            if writer:
+                cur.execute(f"SET lock_timeout = {lock_ms}")
+            else:
+                cur.execute("SET default_transaction_read_only = on")
+        dbapi_conn.autocommit = autocommit
+
+    return eng
+
+
+def write_lock(conn: Connection) -> None:
+    """Take the cross-process write lock for the current transaction (PostgreSQL only).
+
+    On SQLite the writer engine's ``BEGIN IMMEDIATE`` already holds it.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY})

@@ -6,8 +6,9 @@
     ├── DuplicateKey               an event's unique_key (idempotency key, nonce, grant id) is taken
     └── IntegrityViolation         verification found an edited, missing, inserted or moved event
 
-Database driver exceptions (SQLAlchemy / sqlite3 / psycopg) are translated into
-these in exactly one place, ``ledger.store``, with ``raise ... from e``.
+Database driver exceptions (SQLAlchemy / sqlite3 / psycopg / Alembic) are
+translated into these in exactly one place, ``ledger._dberrors``, with
+``raise ... from e``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``SqlLedger``: the LedgerClient on SQLAlchemy (SQLite now, PostgreSQL URLs accepted).
+"""``SqlLedger``: the LedgerClient on SQLAlchemy, SQLite or PostgreSQL (psycopg 3).
 
 Writes go through one writer thread (group commit, ``ledger._writer``): every
 caller's batch that is pending when the writer wakes is committed in ONE
@@ -8,11 +8,16 @@ durably committed or failed. Reads use separate connections (WAL on SQLite).
 
 SQLite (engines in ``ledger._engine``): WAL, ``synchronous=FULL``, ``busy_timeout``; pysqlite's own
 transaction handling is disabled and the writer emits ``BEGIN IMMEDIATE``.
-PostgreSQL: the writer takes ``LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE``
-so that ``global_seq = max + 1`` stays gap-free; readers are not blocked.
+PostgreSQL: every writer transaction first takes the advisory write lock
+(``ledger._engine.write_lock``), then reads ``max(global_seq)`` and the stream
+heads, so ``global_seq`` and the per-stream chains stay gap-free across
+processes; readers are not blocked.
 
-Every SQLAlchemy / driver exception is translated to the ledger error tree in
-exactly one place, ``_db_errors``.
+The schema is checked on every open and migrated with ``create=True``
+(``ledger.schema``, Alembic).
+
+Every SQLAlchemy / driver / Alembic exception is translated to the ledger error
+tree in exactly one place, ``ledger._dberrors.db_errors``.
 """
 
 from __future__ import annotations
@@ -20,24 +25,16 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    Connection,
-    LargeBinary,
-    cast,
-    func,
-    inspect,
-    select,
-    text,
-)
+from sqlalchemy import Connection, LargeBinary, cast, func, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from ledger._engine import make_engine
+from ledger._dberrors import db_errors
+from ledger._engine import make_engine, write_lock
 from ledger._writer import GroupWriter, Prepared, WriterStats
 from ledger.canonical import canonical_body, chain_hash
 from ledger.errors import DuplicateKey, InvalidEvent, LedgerError, LedgerUnavailable
@@ -52,7 +49,8 @@ from ledger.interface import (
     StoredEvent,
     VerifyReport,
 )
-from ledger.models import Base, events_table
+from ledger.models import events_table
+from ledger.schema import ensure_schema
 from ledger.verify import verify_rows
 
 __all__ = ["SqlLedger", "WriterStats", "open_ledger"]
@@ -129,62 +127,37 @@ class SqlLedger:
                 )
             if not create and not Path(db).exists():
                 raise LedgerUnavailable(f"no ledger file at {db}; check the --ledger path")
-        elif self._dialect != "postgresql":
+        elif self._dialect != "postgresql" or parsed.get_driver_name() != "psycopg":
             raise LedgerUnavailable(
-                f"unsupported ledger URL scheme {parsed.drivername!r}: use sqlite:/// or postgresql://"
+                f"unsupported ledger URL scheme {parsed.drivername!r}: use sqlite:/// or "
+                "postgresql+psycopg:// (psycopg 3)"
             )
         with self._db_errors():
-            self._wengine = make_engine(url, writer=True, busy_timeout_s=busy_timeout_s)
-            self._rengine = make_engine(url, writer=False, busy_timeout_s=busy_timeout_s)
-            if create:
-                Base.metadata.create_all(self._wengine)
-            elif not inspect(self._rengine).has_table(events_table.name):
-                raise LedgerUnavailable(f"no ledger (table 'events') in {parsed!r}")
+            try:
+                self._wengine = make_engine(url, writer=True, busy_timeout_s=busy_timeout_s)
+                self._rengine = make_engine(url, writer=False, busy_timeout_s=busy_timeout_s)
+            except ImportError as e:
+                raise LedgerUnavailable(
+                    f"a PostgreSQL ledger needs psycopg 3 ({e}); install layer7[postgres]"
+                ) from e
+            try:
+                self.schema_revision = ensure_schema(
+                    self._rengine, self._wengine, create=create, where=self._where
+                )
+            except BaseException:
+                self._wengine.dispose()
+                self._rengine.dispose()
+                raise
         self._writer = GroupWriter(self._commit_group, name=f"ledger-writer:{parsed.database}")
 
     # -- the one place driver errors become ledger errors --------------------------------------
 
-    @contextmanager
-    def _db_errors(self, keys: Sequence[str] = ()) -> Iterator[None]:
-        try:
-            yield
-        except SQLAlchemyError as e:
-            raise self._classify(e, keys) from e
+    @property
+    def _where(self) -> str:
+        return make_url(self._url).render_as_string(hide_password=True)
 
-    def _classify(self, e: SQLAlchemyError, keys: Sequence[str]) -> LedgerError:
-        orig = getattr(e, "orig", None) or e
-        msg = str(orig)
-        low = msg.lower()
-        where = make_url(self._url).render_as_string(hide_password=True)
-        if isinstance(e, IntegrityError) and "unique_key" in low:
-            named = [k for k in keys if k in msg]
-            return DuplicateKey((named or list(keys) or ["<unknown>"])[0])
-        if "locked" in low or "busy" in low:
-            return LedgerUnavailable(
-                f"ledger {where} is locked by another connection (waited "
-                f"{self._busy_timeout_s}s); nothing was written - retry, or find and stop the "
-                f"process holding the lock ({msg})"
-            )
-        if "readonly" in low or "read-only" in low:
-            return LedgerUnavailable(
-                f"ledger {where} is read-only; nothing was written - check the file and "
-                f"directory permissions ({msg})"
-            )
-        if "disk" in low or "full" in low or "i/o" in low:
-            return LedgerUnavailable(
-                f"ledger {where} cannot write to disk; nothing was written - free space or "
-                f"check the volume ({msg})"
-            )
-        if "connect" in low and "closed" not in low:
-            return LedgerUnavailable(
-                f"cannot connect to ledger {where}; start the database or fix the URL ({msg})"
-            )
-        if "closed" in low:
-            return LedgerUnavailable(f"ledger {where} connection is closed; reopen it ({msg})")
-        return LedgerUnavailable(
-            f"ledger {where} failed ({type(orig).__name__}: {msg}); nothing was written - "
-            "check that the database is reachable and the schema is intact"
-        )
+    def _db_errors(self, keys: Sequence[str] = ()) -> AbstractContextManager[None]:
+        return db_errors(self._url, keys=keys, busy_timeout_s=self._busy_timeout_s)
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -235,8 +208,7 @@ class SqlLedger:
         """Writer thread: one transaction, one SAVEPOINT per batch. Raises for the whole group."""
         results: list[list[Confirmation] | LedgerError] = []
         with self._db_errors(), self._wengine.connect() as conn, conn.begin():
-            if self._dialect == "postgresql":
-                conn.execute(text("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"))
+            write_lock(conn)  # before ANY read: max(global_seq) and the heads come after it
             next_g = (
                 int(conn.execute(select(func.coalesce(func.max(_T.global_seq), 0))).scalar_one())
                 + 1

@@ -1,8 +1,7 @@
-"""SqlLedger on real SQLite files: append, group commit, append-only triggers, locks."""
+"""SqlLedger on SQLite and PostgreSQL: append, group commit, append-only triggers, locks."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.exc import DBAPIError
 
 from ledger import (
     GENESIS_HASH,
@@ -24,7 +24,7 @@ from ledger import (
     chain_hash,
     open_ledger,
 )
-from tests.ledger.conftest import ev
+from tests.ledger.conftest import Backend, ev
 
 
 def _wait_until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -33,12 +33,6 @@ def _wait_until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> N
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.005)
-
-
-def _lock(db: Path) -> sqlite3.Connection:
-    con = sqlite3.connect(db, isolation_level=None)
-    con.execute("BEGIN EXCLUSIVE")
-    return con
 
 
 def test_confirmations_are_contiguous_and_chained(led: SqlLedger) -> None:
@@ -61,14 +55,15 @@ def test_confirmations_are_contiguous_and_chained(led: SqlLedger) -> None:
     assert led.count() == 5
 
 
-def test_stored_event_carries_clock_time_and_hash_of_its_body(led: SqlLedger, db: Path) -> None:
+def test_stored_event_carries_clock_time_and_hash_of_its_body(
+    led: SqlLedger, backend: Backend
+) -> None:
     (c,) = led.append([ev("d1", key="idem:alice:1")])
     stored = led.find_by_unique_key("idem:alice:1")
     assert stored is not None
     assert stored.at == "2026-11-25T20:44:12.123456Z"
     assert (stored.event_id, stored.global_seq, stored.schema_version) == (c.event_id, 1, 1)
-    with sqlite3.connect(db) as con:
-        (body,) = con.execute("SELECT body FROM events").fetchone()
+    ((body,),) = backend.sql("SELECT body FROM events")
     assert chain_hash(GENESIS_HASH, body.encode()) == c.hash
     assert led.find_by_unique_key("idem:alice:2") is None
 
@@ -108,23 +103,22 @@ def test_invalid_event_is_refused_before_the_store(led: SqlLedger) -> None:
     assert led.append([]) == []
 
 
-def _hold_writer(db: Path, led: SqlLedger, pending: int) -> Callable[[], None]:
-    """Block the writer on the file lock until ``pending`` batches are queued; return release."""
-    lock = _lock(db)
+def _hold_writer(backend: Backend, led: SqlLedger, pending: int) -> Callable[[], None]:
+    """Block the writer on the write lock until ``pending`` batches are queued; return release."""
+    lock = backend.lock()
 
     def release() -> None:
         _wait_until(lambda: led.stats().pending >= pending, f"{pending} pending batches")
-        lock.execute("COMMIT")
-        lock.close()
+        lock.release()
 
     return release
 
 
-def test_failed_batch_rolls_back_alone_within_a_group_commit(db: Path) -> None:
-    with SqlLedger(f"sqlite:///{db}", busy_timeout_s=30) as led:
+def test_failed_batch_rolls_back_alone_within_a_group_commit(backend: Backend) -> None:
+    with SqlLedger(backend.url, busy_timeout_s=30) as led:
         led.append([ev("taken", key="nonce-1")])
         before = led.stats().commits
-        release = _hold_writer(db, led, pending=3)
+        release = _hold_writer(backend, led, pending=3)
         with ThreadPoolExecutor(3) as pool:
             # The first batch is taken alone and blocks on the lock; the next two queue
             # up behind it and are then drained together into ONE transaction.
@@ -149,9 +143,9 @@ def test_failed_batch_rolls_back_alone_within_a_group_commit(db: Path) -> None:
         assert led.verify().last_global_seq == 4
 
 
-def test_group_commit_groups_concurrent_batches(db: Path) -> None:
-    with SqlLedger(f"sqlite:///{db}", busy_timeout_s=30) as led:
-        release = _hold_writer(db, led, pending=8)
+def test_group_commit_groups_concurrent_batches(backend: Backend) -> None:
+    with SqlLedger(backend.url, busy_timeout_s=30) as led:
+        release = _hold_writer(backend, led, pending=8)
         with ThreadPoolExecutor(8) as pool:
             futs = [pool.submit(led.append, [ev(f"d{t}", i) for i in range(5)]) for t in range(8)]
             release()
@@ -196,17 +190,19 @@ def test_many_threads_appending_concurrently(led: SqlLedger) -> None:
         ("DELETE FROM events WHERE global_seq=1", "append-only: DELETE refused"),
     ],
 )
-def test_triggers_refuse_update_and_delete(led: SqlLedger, db: Path, sql: str, match: str) -> None:
+def test_triggers_refuse_update_and_delete(
+    led: SqlLedger, backend: Backend, sql: str, match: str
+) -> None:
+    """Even the schema owner (file owner / superuser) is refused while the triggers stand
+    (TRUNCATE, which SQLite lacks, is in test_postgres)."""
     led.append([ev("d1")])
-    con = sqlite3.connect(db, isolation_level=None)
-    with pytest.raises(sqlite3.IntegrityError, match=match):
-        con.execute(sql)
-    con.close()
+    with pytest.raises(DBAPIError, match=match):
+        backend.sql(sql)
     assert led.get_stream("d1")[0].actor == "alice"
 
 
-def test_append_after_close_is_unavailable(db: Path) -> None:
-    led = open_ledger(f"sqlite:///{db}")
+def test_append_after_close_is_unavailable(backend: Backend) -> None:
+    led = open_ledger(backend.url)
     led.append([ev("d1")])
     led.close()
     led.close()  # idempotent
@@ -216,31 +212,30 @@ def test_append_after_close_is_unavailable(db: Path) -> None:
         led.count()
 
 
-def test_close_commits_what_is_pending(db: Path) -> None:
-    led = SqlLedger(f"sqlite:///{db}", busy_timeout_s=30)
-    release = _hold_writer(db, led, pending=1)
+def test_close_commits_what_is_pending(backend: Backend) -> None:
+    led = SqlLedger(backend.url, busy_timeout_s=30)
+    release = _hold_writer(backend, led, pending=1)
     with ThreadPoolExecutor(1) as pool:
         fut = pool.submit(led.append, [ev("d1")])
         release()
         led.close()
         assert fut.result()[0].global_seq == 1
-    with open_ledger(f"sqlite:///{db}") as again:
+    with open_ledger(backend.url) as again:
         assert again.count() == 1
 
 
-def test_locked_database_is_unavailable_then_recovers(db: Path) -> None:
-    with SqlLedger(f"sqlite:///{db}", busy_timeout_s=0.2) as led:
+def test_locked_database_is_unavailable_then_recovers(backend: Backend) -> None:
+    with SqlLedger(backend.url, busy_timeout_s=0.2) as led:
         led.append([ev("d1", 0)])
-        lock = _lock(db)
+        lock = backend.lock()
         try:
             t0 = time.monotonic()
             with pytest.raises(LedgerUnavailable, match=r"is locked by another connection"):
                 led.append([ev("d1", 1)])
             assert time.monotonic() - t0 < 2.0
-            assert led.count() == 1  # reads still work beside the lock (WAL)
+            assert led.count() == 1  # reads still work beside the lock (WAL / MVCC)
         finally:
-            lock.execute("COMMIT")
-            lock.close()
+            lock.release()
         (c,) = led.append([ev("d1", 1)])
         assert (c.sequence, c.global_seq) == (2, 2)
         led.verify()
@@ -251,6 +246,8 @@ def test_in_memory_and_unknown_urls_are_refused(tmp_path: Path) -> None:
         SqlLedger("sqlite://")
     with pytest.raises(LedgerUnavailable, match=r"unsupported ledger URL scheme 'mysql'"):
         SqlLedger("mysql://u@localhost/x")
+    with pytest.raises(LedgerUnavailable, match=r"scheme 'postgresql\+asyncpg': use sqlite"):
+        SqlLedger("postgresql+asyncpg://u@localhost/x")
     with pytest.raises(LedgerUnavailable, match=r"no ledger file at"):
         open_ledger(f"sqlite:///{tmp_path / 'missing.sqlite'}", create=False)
 
@@ -268,14 +265,14 @@ def test_event_types_round_trip(led: SqlLedger) -> None:
     assert [e.event_type for e in led.get_stream("d1")] == [k.value for k in EventType]
 
 
-def test_savepoint_rolls_back_a_batch_that_fails_inside_the_insert(db: Path) -> None:
+def test_savepoint_rolls_back_a_batch_that_fails_inside_the_insert(backend: Backend) -> None:
     """White-box: a batch whose INSERT itself fails (a repeated event_id, which the public
     API cannot produce) rolls back to its SAVEPOINT while the batch grouped with it commits."""
-    with SqlLedger(f"sqlite:///{db}", busy_timeout_s=30) as led:
+    with SqlLedger(backend.url, busy_timeout_s=30) as led:
         at = "2026-11-25T20:44:12.123456Z"
         one = led._prepare(ev("broken", 0), at)
         broken = [one, one]  # the second row repeats event_id -> UNIQUE fails mid-executemany
-        release = _hold_writer(db, led, pending=3)
+        release = _hold_writer(backend, led, pending=3)
         with ThreadPoolExecutor(3) as pool:
             blocker = pool.submit(led.append, [ev("first", 0)])
             _wait_until(
@@ -287,7 +284,9 @@ def test_savepoint_rolls_back_a_batch_that_fails_inside_the_insert(db: Path) -> 
             release()
             blocker.result()
             with pytest.raises(
-                LedgerUnavailable, match=r"UNIQUE constraint failed: events.event_id"
+                LedgerUnavailable,
+                match=r"UNIQUE constraint failed: events.event_id"
+                r"|violates unique constraint \"uq_events_event_id\"",
             ):
                 bad.result()
             assert good.result()[0].global_seq == 2

@@ -1,21 +1,20 @@
-"""Verification on real SQLite files: an untouched ledger passes, every kind of tampering fails.
+"""Verification on SQLite and PostgreSQL: an untouched ledger passes, every tampering fails.
 
-The tamperer opens the file with raw sqlite3 and drops the append-only triggers
-first, like an attacker with file access. Each violation must name the event
-(decision id, stream sequence, global_seq) with expected vs found values.
+The tamperer works with raw SQL after getting the append-only triggers out of
+the way: on SQLite it has the file and drops them; on PostgreSQL it is the
+superuser and runs ``ALTER TABLE events DISABLE TRIGGER ALL`` (DBA access).
+Each violation must name the event (decision id, stream sequence, global_seq)
+with expected vs found values.
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
-import sqlite3
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from ledger import (
@@ -27,60 +26,63 @@ from ledger import (
     verify_file,
     verify_rows,
 )
-from tests.ledger.conftest import FIXED_AT, attacker, ev
+from tests.ledger.conftest import BACKENDS, FIXED_AT, Attacker, Backend, ev, new_backend
 
 STREAMS = ("dec-A", "dec-B", "dec-C")  # 5 events each: A = g1..5, B = g6..10, C = g11..15
 HEX = "[0-9a-f]{64}"
 
 
-def _fill(db: Path) -> None:
-    with SqlLedger(f"sqlite:///{db}", clock=lambda: FIXED_AT) as led:
+def _fill(url: str) -> None:
+    with SqlLedger(url, clock=lambda: FIXED_AT) as led:
         for did in STREAMS:
             led.append([ev(did, i, key=f"nonce-{did}-{i}") for i in range(5)])
 
 
 @pytest.fixture
-def filled(db: Path) -> Path:
-    _fill(db)
-    return db
+def filled(backend: Backend) -> Backend:
+    _fill(backend.url)
+    return backend
 
 
-def _row(con: sqlite3.Connection, did: str, seq: int) -> tuple[int, str, str, str]:
-    row: tuple[int, str, str, str] = con.execute(
-        "SELECT global_seq, body, hash, prev_hash FROM events WHERE decision_id=? AND sequence=?",
-        (did, seq),
-    ).fetchone()
-    return row
+def _row(con: Attacker, did: str, seq: int) -> tuple[int, str, str, str]:
+    ((g, body, h, prev),) = con.execute(
+        "SELECT global_seq, body, hash, prev_hash FROM events WHERE decision_id=:d AND sequence=:s",
+        d=did,
+        s=seq,
+    )
+    return int(g), str(body), str(h), str(prev)
 
 
-def _edit_payload(con: sqlite3.Connection) -> None:
+def _edit_payload(con: Attacker) -> None:
     g, body, _, _ = _row(con, "dec-B", 3)
     assert '"result":"pass"' in body
-    con.execute("UPDATE events SET body=? WHERE global_seq=?", (body.replace("pass", "fail"), g))
+    con.execute(
+        "UPDATE events SET body=:b WHERE global_seq=:g", b=body.replace("pass", "fail"), g=g
+    )
 
 
-def _delete_middle(con: sqlite3.Connection) -> None:
-    con.execute("DELETE FROM events WHERE global_seq=?", (_row(con, "dec-B", 3)[0],))
+def _delete_middle(con: Attacker) -> None:
+    con.execute("DELETE FROM events WHERE global_seq=:g", g=_row(con, "dec-B", 3)[0])
 
 
-def _swap_sequences(con: sqlite3.Connection) -> None:
+def _swap_sequences(con: Attacker) -> None:
     g3, g4 = _row(con, "dec-B", 3)[0], _row(con, "dec-B", 4)[0]
-    con.execute("UPDATE events SET sequence=-1 WHERE global_seq=?", (g3,))
-    con.execute("UPDATE events SET sequence=3 WHERE global_seq=?", (g4,))
-    con.execute("UPDATE events SET sequence=4 WHERE global_seq=?", (g3,))
+    con.execute("UPDATE events SET sequence=-1 WHERE global_seq=:g", g=g3)
+    con.execute("UPDATE events SET sequence=3 WHERE global_seq=:g", g=g4)
+    con.execute("UPDATE events SET sequence=4 WHERE global_seq=:g", g=g3)
 
 
-def _swap_bodies(con: sqlite3.Connection) -> None:
+def _swap_bodies(con: Attacker) -> None:
     g3, b3, h3, _ = _row(con, "dec-B", 3)
     g4, b4, h4, _ = _row(con, "dec-B", 4)
-    con.execute("UPDATE events SET body=?, hash=? WHERE global_seq=?", (b4, h4, g3))
-    con.execute("UPDATE events SET body=?, hash=? WHERE global_seq=?", (b3, h3, g4))
+    con.execute("UPDATE events SET body=:b, hash=:h WHERE global_seq=:g", b=b4, h=h4, g=g3)
+    con.execute("UPDATE events SET body=:b, hash=:h WHERE global_seq=:g", b=b3, h=h3, g=g4)
 
 
-def _insert_forged(con: sqlite3.Connection) -> None:
+def _insert_forged(con: Attacker) -> None:
     """A forged dec-B sequence 3 at global_seq 8, hash correctly recomputed, rest shifted."""
     g2, _, h2, _ = _row(con, "dec-B", 2)
-    con.execute("UPDATE events SET global_seq = -global_seq WHERE global_seq > ?", (g2,))
+    con.execute("UPDATE events SET global_seq = -global_seq WHERE global_seq > :g", g=g2)
     con.execute("UPDATE events SET global_seq = 1 - global_seq WHERE global_seq < 0")
     con.execute("UPDATE events SET sequence = -sequence WHERE decision_id='dec-B' AND sequence > 2")
     con.execute("UPDATE events SET sequence = 1 - sequence WHERE sequence < 0")
@@ -99,20 +101,25 @@ def _insert_forged(con: sqlite3.Connection) -> None:
     con.execute(
         "INSERT INTO events (global_seq, event_id, decision_id, sequence, event_type, at, actor,"
         " policy_version, unique_key, prev_hash, hash, body)"
-        " VALUES (?, 'forged-0001', 'dec-B', 3, 'policy.gate', ?, 'alice', 'rev-1', NULL, ?, ?, ?)",
-        (g2 + 1, at, h2, forged, body.decode()),
+        " VALUES (:g, 'forged-0001', 'dec-B', 3, 'policy.gate', :at, 'alice', 'rev-1', NULL,"
+        " :prev, :h, :body)",
+        g=g2 + 1,
+        at=at,
+        prev=h2,
+        h=forged,
+        body=body.decode(),
     )
 
 
-def _delete_stream_tail(con: sqlite3.Connection) -> None:
-    con.execute("DELETE FROM events WHERE global_seq=?", (_row(con, "dec-B", 5)[0],))
+def _delete_stream_tail(con: Attacker) -> None:
+    con.execute("DELETE FROM events WHERE global_seq=:g", g=_row(con, "dec-B", 5)[0])
 
 
-def _edit_indexed_actor(con: sqlite3.Connection) -> None:
-    con.execute("UPDATE events SET actor='mallory' WHERE global_seq=?", (_row(con, "dec-B", 3)[0],))
+def _edit_indexed_actor(con: Attacker) -> None:
+    con.execute("UPDATE events SET actor='mallory' WHERE global_seq=:g", g=_row(con, "dec-B", 3)[0])
 
 
-TAMPERING: list[tuple[Callable[[sqlite3.Connection], None], str, str, int, int, str]] = [
+TAMPERING: list[tuple[Callable[[Attacker], None], str, str, int, int, str]] = [
     # (tamper, what, decision, sequence, global_seq, message pattern after the location)
     (_edit_payload, "hash_mismatch", "dec-B", 3, 8, f"expected hash {HEX}, found {HEX}$"),
     (_delete_middle, "sequence_gap", "dec-B", 4, 9, "expected sequence 3, found 4$"),
@@ -146,23 +153,22 @@ TAMPERING: list[tuple[Callable[[sqlite3.Connection], None], str, str, int, int, 
     ids=[t[0].__name__.lstrip("_") for t in TAMPERING],
 )
 def test_tampering_is_detected_and_named(
-    filled: Path,
-    tamper: Callable[[sqlite3.Connection], None],
+    filled: Backend,
+    tamper: Callable[[Attacker], None],
     what: str,
     decision: str,
     sequence: int,
     global_seq: int,
     detail: str,
 ) -> None:
-    con = attacker(filled)
-    tamper(con)
-    con.close()
+    with filled.attacker() as con:
+        tamper(con)
     where = (
         rf"^ledger integrity violation \({what}\) at decision {decision} "
         rf"sequence {sequence} \(global_seq {global_seq}\): "
     )
     with pytest.raises(IntegrityViolation, match=where + detail) as info:
-        verify_file(filled)
+        verify_file(filled.url)
     err = info.value
     assert (err.what, err.decision_id, err.sequence, err.global_seq) == (
         what,
@@ -183,28 +189,29 @@ def test_tampering_is_detected_and_named(
     ],
 )
 def test_changing_an_indexed_column_only_is_a_body_mismatch(
-    filled: Path, column: str, value: str, expected: str
+    filled: Backend, column: str, value: str, expected: str
 ) -> None:
-    con = attacker(filled)
-    con.execute(f"UPDATE events SET {column}={value} WHERE global_seq=8")
-    con.close()
+    with filled.attacker() as con:
+        con.execute(f"UPDATE events SET {column}={value} WHERE global_seq=8")
     with pytest.raises(
         IntegrityViolation,
         match=rf"\(body_mismatch\) at decision dec-B sequence 3 \(global_seq 8\): "
         rf"expected {expected} \(from body\)",
     ):
-        verify_file(filled)
+        verify_file(filled.url)
 
 
-def test_untampered_ledger_verifies_with_progress(filled: Path) -> None:
+def test_untampered_ledger_verifies_with_progress(filled: Backend) -> None:
     calls: list[tuple[int, int]] = []
-    with SqlLedger(f"sqlite:///{filled}") as led:
+    with SqlLedger(filled.url) as led:
         report = led.verify(lambda done, total: calls.append((done, total)))
         head = led.get_stream("dec-C")[-1].hash
     assert (report.events, report.streams, report.last_global_seq) == (15, 3, 15)
     assert report.head_hash == head
     assert calls and calls[-1] == (15, 15)
-    assert verify_file(f"sqlite:///{filled}") == report
+    assert verify_file(filled.url) == report
+    if filled.kind == "sqlite":  # a bare path means a SQLite file
+        assert verify_file(Path(filled.url.removeprefix("sqlite:///"))) == report
 
 
 def test_verify_rows_is_pure() -> None:
@@ -237,11 +244,15 @@ def test_verify_rows_is_pure() -> None:
 # -- property: any single-byte change of a stored body or hash fails verification ------------
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    db = tmp_path_factory.mktemp("template") / "ledger.sqlite"
-    _fill(db)
-    return db
+@pytest.fixture(scope="module", params=BACKENDS)
+def template(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Backend, Attacker]]:
+    """One filled ledger per backend for the module, with an attacker session held open."""
+    backend = new_backend(request, request.param, tmp_path_factory.mktemp("template"))
+    _fill(backend.url)
+    with backend.attacker() as con:
+        yield backend, con
 
 
 @settings(
@@ -254,22 +265,22 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mask=st.integers(1, 255),
 )
 def test_any_single_byte_flip_fails_verification(
-    template: Path, row: int, column: str, offset: int, mask: int
+    template: tuple[Backend, Attacker], row: int, column: str, offset: int, mask: int
 ) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "ledger.sqlite"
-        shutil.copy(template, db)
-        con = attacker(db)
-        (raw,) = con.execute(
-            f"SELECT CAST({column} AS BLOB) FROM events WHERE global_seq=?", (row,)
-        ).fetchone()
-        data = bytearray(raw)
-        data[offset % len(data)] ^= mask
-        try:
-            value: str | bytes = bytes(data).decode("utf-8")
-        except UnicodeDecodeError:
-            value = bytes(data)  # not valid UTF-8 any more: stored as a BLOB
-        con.execute(f"UPDATE events SET {column}=? WHERE global_seq=?", (value, row))
-        con.close()
+    backend, con = template
+    ((original,),) = con.execute(f"SELECT {column} FROM events WHERE global_seq=:g", g=row)
+    data = bytearray(original.encode("utf-8"))
+    data[offset % len(data)] ^= mask
+    try:
+        value: str | bytes = bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        # not valid UTF-8 any more: SQLite stores it as a BLOB; PostgreSQL text cannot hold it
+        assume(backend.kind == "sqlite")
+        value = bytes(data)
+    assume(backend.kind == "sqlite" or "\x00" not in value)  # nor can it hold NUL
+    con.execute(f"UPDATE events SET {column}=:v WHERE global_seq=:g", v=value, g=row)
+    try:
         with pytest.raises(IntegrityViolation):
-            verify_file(db)
+            verify_file(backend.url)
+    finally:
+        con.execute(f"UPDATE events SET {column}=:v WHERE global_seq=:g", v=original, g=row)

@@ -1,0 +1,1 @@
+"""Ledger schema revisions, oldest first. Never edit a released revision; add one."""
