@@ -1,0 +1,234 @@
+"""The offline audit pack: built from rows, verified with nothing but the public key.
+
+The central property: no single-byte change of the serialized pack verifies with
+different content; it fails as IntegrityViolation (a check) or ProofInvalid (form).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledger import GENESIS_HASH, IntegrityViolation, VerifyRow
+from ledger.checkpoint import Checkpoint, Ed25519CheckpointSigner
+from ledger.export import build_export, dump_export, verify_export
+from ledger.merkle import MerkleTree, ProofInvalid
+from tests.ledger.test_audit import ORDER, checkpoints_for, make_log
+
+SIGNER = Ed25519CheckpointSigner.generate()
+PUB = SIGNER.public_key_raw
+LOG = make_log([*ORDER, "dec-D", "dec-A"])  # 17 events; the checkpoint covers 16
+HASHES = [r.hash for r in LOG]
+CP = checkpoints_for(LOG, (16,), SIGNER)[0]
+
+
+def _select(*dids: str, from_seq: int = 1) -> list[VerifyRow]:
+    return [
+        r for r in LOG if r.decision_id in dids and r.sequence >= from_seq and r.global_seq <= 16
+    ]
+
+
+def _pack(rows: list[VerifyRow] | None = None, cp: Checkpoint = CP) -> dict[str, Any]:
+    return build_export(
+        _select("dec-B", "dec-D") if rows is None else rows, HASHES, cp, public_key_raw=PUB
+    )
+
+
+DOC = _pack()
+DATA = dump_export(DOC)
+
+
+def test_pack_verifies_offline() -> None:
+    report = verify_export(DATA, PUB)
+    assert (report.events, report.streams) == (6, 2)
+    assert report.decision_ids == ("dec-B", "dec-D")
+    assert report.streams_from_genesis == ("dec-B", "dec-D")
+    assert (report.tree_size, report.root_hash) == (16, CP.root_hash)
+    assert verify_export(DOC, PUB) == verify_export(DATA.decode(), PUB) == report
+    assert DOC["verification"] == {
+        "result": "verified",
+        "events": 6,
+        "streams": 2,
+        "tree_size": 16,
+        "streams_from_genesis": ["dec-B", "dec-D"],
+    }
+    assert DOC["format"] == "l7.ledger.export"
+    assert DOC["version"] == 1
+    assert DOC["checkpoint"] == CP.to_dict()
+
+
+def test_events_carry_the_stored_body_exactly() -> None:
+    rows = _select("dec-B", "dec-D")
+    for row, ev in zip(rows, DOC["events"], strict=True):
+        assert ev["body"].encode("utf-8") == row.body
+        assert (ev["global_seq"], ev["sequence"], ev["prev_hash"], ev["hash"]) == (
+            row.global_seq,
+            row.sequence,
+            row.prev_hash,
+            row.hash,
+        )
+        assert all(re.fullmatch("[0-9a-f]{64}", p) for p in ev["inclusion_proof"])
+
+
+def test_accepts_a_prebuilt_tree() -> None:
+    tree = MerkleTree.from_event_hashes(HASHES)
+    assert build_export(_select("dec-B", "dec-D"), tree, CP) == DOC
+
+
+def test_mid_stream_start_is_allowed_and_reported() -> None:
+    doc = _pack(_select("dec-A", from_seq=3))
+    report = verify_export(doc, PUB)
+    assert report.events == 3  # dec-A #3..#5 (global_seq 7, 10, 13); #6 is past the checkpoint
+    assert report.streams_from_genesis == ()
+    # A mid-stream start must name its predecessor: a genesis prev_hash is refused.
+    doc["events"][0]["prev_hash"] = GENESIS_HASH
+    with pytest.raises(IntegrityViolation, match="hash_mismatch"):
+        verify_export(doc, PUB)
+
+
+def test_wrong_key_fails_as_checkpoint_signature() -> None:
+    with pytest.raises(IntegrityViolation, match="checkpoint_signature"):
+        verify_export(DATA, Ed25519CheckpointSigner.generate().public_key_raw)
+
+
+def test_dropped_event_breaks_the_stream() -> None:
+    doc = json.loads(DATA)
+    dropped = doc["events"].pop(1)  # dec-B #2
+    with pytest.raises(IntegrityViolation, match="sequence_gap") as exc:
+        verify_export(doc, PUB)
+    assert exc.value.decision_id == "dec-B"
+    assert exc.value.global_seq == dropped["global_seq"] + 3
+
+
+def test_dropped_stream_contradicts_the_verification_block() -> None:
+    doc = json.loads(DATA)
+    doc["events"] = [e for e in doc["events"] if '"dec-D"' not in e["body"]]
+    with pytest.raises(ProofInvalid, match="verification block"):
+        verify_export(doc, PUB)
+
+
+def test_swapped_inclusion_proofs_fail() -> None:
+    doc = json.loads(DATA)
+    a, b = doc["events"][0], doc["events"][1]
+    a["inclusion_proof"], b["inclusion_proof"] = b["inclusion_proof"], a["inclusion_proof"]
+    with pytest.raises(IntegrityViolation, match="inclusion_proof") as exc:
+        verify_export(doc, PUB)
+    assert (exc.value.decision_id, exc.value.sequence) == ("dec-B", 1)
+
+
+def test_reordered_events_fail() -> None:
+    doc = json.loads(DATA)
+    doc["events"][0], doc["events"][1] = doc["events"][1], doc["events"][0]
+    with pytest.raises(IntegrityViolation, match="global_order"):
+        verify_export(doc, PUB)
+
+
+def test_build_refuses_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="not covered"):
+        build_export(LOG[16:], HASHES, CP)
+    with pytest.raises(IntegrityViolation, match="sequence_gap"):
+        build_export([r for r in _select("dec-B") if r.sequence != 2], HASHES, CP)
+    with pytest.raises(IntegrityViolation, match="checkpoint_root_mismatch"):
+        build_export(_select("dec-B"), list(reversed(HASHES)), CP)
+    with pytest.raises(IntegrityViolation, match="truncated"):
+        build_export(_select("dec-B"), HASHES[:10], CP)
+    with pytest.raises(IntegrityViolation, match="hash_mismatch"):
+        build_export([LOG[1]._replace(hash=LOG[2].hash)], HASHES, CP)
+    with pytest.raises(IntegrityViolation, match="checkpoint_signature"):
+        build_export(
+            _select("dec-B"),
+            HASHES,
+            CP,
+            public_key_raw=Ed25519CheckpointSigner.generate().public_key_raw,
+        )
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.update(extra=1),
+        lambda d: d.update(version=2),
+        lambda d: d.update(version=1.0),
+        lambda d: d.update(format="other"),
+        lambda d: d["events"][0].update(extra=1),
+        lambda d: d["events"][0].update(global_seq=True),
+        lambda d: d["events"][0].update(hash=d["events"][0]["hash"].upper()),
+        lambda d: d["events"][0].update(inclusion_proof="00"),
+        lambda d: d["checkpoint"].update(extra=1),
+        lambda d: d["verification"].update(events=6.0),
+        lambda d: d.update(events=[]),
+    ],
+)
+def test_form_errors_are_refused(mutate: Any) -> None:
+    doc = json.loads(DATA)
+    mutate(doc)
+    with pytest.raises(ProofInvalid):
+        verify_export(doc, PUB)
+
+
+def test_duplicate_keys_and_nan_are_refused() -> None:
+    text = DATA.decode()
+    dup = text.replace(
+        '"format": "l7.ledger.export"', '"format": "l7.ledger.export", "format": "l7.ledger.export"'
+    )
+    with pytest.raises(ProofInvalid, match="duplicate"):
+        verify_export(dup, PUB)
+    with pytest.raises(ProofInvalid, match="NaN"):
+        verify_export(text.replace('"version": 1', '"version": NaN'), PUB)
+
+
+# -- any single-byte change ---------------------------------------------------------------
+
+
+def _spans(data: bytes) -> list[int]:
+    """Byte positions inside event bodies, hashes, proofs and checkpoint values."""
+    text = data.decode("ascii")
+    out: list[int] = []
+    keys = "body|hash|prev_hash|root_hash|signature|key_id|timestamp"
+    for m in re.finditer(r'"(' + keys + r')": "((?:[^"\\]|\\.)*)"', text):
+        out.extend(range(m.start(2), m.end(2)))
+    for m in re.finditer(r'"inclusion_proof": \[([^\]]*)\]', text):
+        out.extend(range(m.start(1), m.end(1)))
+    for m in re.finditer(r'"(tree_size|global_seq|sequence)": (\d+)', text):
+        out.extend(range(m.start(2), m.end(2)))
+    return out
+
+
+SPANS = _spans(DATA)
+
+
+def _assert_mutation_fails(pos: int, new: int) -> None:
+    mutated = bytearray(DATA)
+    mutated[pos] = new
+    try:
+        verify_export(bytes(mutated), PUB)
+    except (IntegrityViolation, ProofInvalid):
+        return
+    # Only a change that leaves the content identical may pass (e.g. whitespace).
+    assert json.loads(bytes(mutated)) == DOC, f"byte {pos} -> {new:#x} verified"
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(i=st.integers(0, len(SPANS) - 1), new=st.integers(0, 255))
+def test_single_byte_change_in_content_fails(i: int, new: int) -> None:
+    pos = SPANS[i]
+    if DATA[pos] != new:
+        _assert_mutation_fails(pos, new)
+
+
+@settings(max_examples=400, deadline=None)
+@given(pos=st.integers(0, len(DATA) - 1), new=st.integers(0, 255))
+def test_single_byte_change_anywhere_fails_or_changes_nothing(pos: int, new: int) -> None:
+    if DATA[pos] != new:
+        _assert_mutation_fails(pos, new)
+
+
+def test_spans_cover_the_content() -> None:
+    assert len(SPANS) > len(DATA) // 2
+    for ev in DOC["events"]:
+        assert DATA.index(json.dumps(ev["body"]).encode()[1:-1]) in SPANS
