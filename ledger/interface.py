@@ -161,3 +161,56 @@ class LedgerClient(Protocol):
     def close(self) -> None:
         """Flush pending writes and release the store."""
         ...
+
+
+class AuditableLedger(LedgerClient, Protocol):
+    """What the ledger tier offers beyond append and read (DESIGN §4, issue #5).
+
+    Implemented by ``SqlLedger`` (in-process) and by the gRPC client of the ledger
+    service, so the engine, the gateway and the CLI use either the same way.
+    Checkpoint, AuditReport and VerifyRow live in ``ledger.checkpoint``,
+    ``ledger.audit`` and ``ledger.verify``.
+    """
+
+    def iter_rows(self, *, after_global_seq: int = 0) -> Iterator[tuple[object, ...]]:
+        """Rows in global order as ``ledger.verify.VerifyRow`` tuples (for audit/export)."""
+        ...
+
+    def query(
+        self,
+        *,
+        decision_id: str | None = None,
+        event_type: str | None = None,
+        actor: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        after_global_seq: int = 0,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        """Events matching every given filter, in global order, one page at a time."""
+        ...
+
+    def sign_checkpoint(self) -> Any:
+        """Sign a checkpoint (tree size, root, time, key id) over the whole log now; store it,
+        emit it to the witness file if one is configured, and return it (a Checkpoint)."""
+        ...
+
+    def checkpoints(self) -> list[Any]:
+        """Every stored checkpoint, oldest first (Checkpoint values)."""
+        ...
+
+    def inclusion_proof(self, global_seq: int, tree_size: int) -> list[bytes]: ...
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]: ...
+
+    def audit(self, progress: ProgressFn | None = None) -> Any:
+        """verify + the Merkle tree against every stored and witnessed checkpoint
+        (an AuditReport); raises IntegrityViolation."""
+        ...
+
+    def export(
+        self, *, decision_ids: Sequence[str] = (), since: str | None = None
+    ) -> dict[str, Any]:
+        """The offline audit pack (``ledger.export.build_export``) for the selection,
+        against the latest checkpoint (signing one first if the log has grown)."""
+        ...
