@@ -251,6 +251,18 @@ def cmd_breakglass(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_restriction(a: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    with _client(a) as c:
+        if a.restriction_cmd == "clear":
+            st = c._call("ClearRestriction", pb.ClearRestrictionRequest(reason=a.reason))
+        else:
+            st = c._call("GetRestriction", pb.GetRestrictionRequest())
+    print(json.dumps(json_format.MessageToDict(st, always_print_fields_with_no_presence=True)))
+    return 0
+
+
 def add_authority_commands(sub: Any, default_addr: str) -> None:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--target", default=default_addr, help="server address")
@@ -328,6 +340,16 @@ def add_authority_commands(sub: Any, default_addr: str) -> None:
     common(p2)
     p2.add_argument("--json", action="store_true")
     p2.set_defaults(fn=cmd_breakglass)
+
+    sp = sub.add_parser("restriction", help="restriction mode after a failed ledger check")
+    rs = sp.add_subparsers(dest="restriction_cmd", required=True, metavar="SUBCOMMAND")
+    show = rs.add_parser("show", help="is the engine in restriction mode, and why")
+    common(show)
+    show.set_defaults(fn=cmd_restriction)
+    clr = rs.add_parser("clear", help="leave restriction mode (L4+, recorded)")
+    common(clr)
+    clr.add_argument("--reason", required=True, help="what was checked and found")
+    clr.set_defaults(fn=cmd_restriction)
 
     sp = sub.add_parser("delegate", help="delegate your level for a bounded window and scope")
     common(sp)

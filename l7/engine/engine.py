@@ -20,6 +20,7 @@ from typing import TypeVar
 from l7.domain import Decision, DecisionId, DecisionRequest, Judgement
 from l7.engine.events import decision_events, idempotency_unique_key
 from l7.engine.interface import Clock, PolicyEvaluator
+from l7.engine.restriction import Restriction
 from l7.engine.state import fold_decision
 from l7.errors import DecisionNotFound, IdempotencyConflict, LedgerDegraded, PolicyStoreDegraded
 from ledger import (
@@ -94,6 +95,7 @@ class Engine:
         self.policy = policy
         self.ledger = ledger
         self.clock = clock
+        self.restriction = Restriction(ledger)
         self._keys = _KeyLocks()
 
     # -- Decide --------------------------------------------------------------------------
@@ -128,16 +130,7 @@ class Engine:
         decision_id = DecisionId(str(uuid.uuid4()))
         now = self.clock()
         created_at = now.isoformat().replace("+00:00", "Z")
-        judgement: Judgement | None
-        reasons: tuple[str, ...]
-        try:
-            judgement = self.policy.evaluate(request.to_dict())
-        except PolicyStoreDegraded as e:
-            log.warning("decision %s denied: policy store degraded: %s", decision_id, e)
-            judgement = None
-            reason_code, reasons = PolicyStoreDegraded.reason, (str(e),)
-        else:
-            reason_code, reasons = "policy", judgement.reasons
+        judgement, reason_code, reasons = self._judge(decision_id, request)
         events = decision_events(
             decision_id,
             request,
@@ -159,6 +152,27 @@ class Engine:
         return fold_decision(
             [_as_stored(e, c, created_at) for e, c in zip(events, confirmations, strict=True)]
         )
+
+    def _judge(
+        self, decision_id: str, request: DecisionRequest
+    ) -> tuple[Judgement | None, str, tuple[str, ...]]:
+        """Policy's judgement, or None with the reason policy was not (or could not be) asked."""
+        restricted = self.restriction.state()
+        if restricted.active:
+            return (
+                None,
+                "ledger_integrity_failed",
+                (
+                    f"restriction mode since {restricted.since}: the ledger failed verification "
+                    f"({restricted.reason}); governed actions are denied until an L4 clears it",
+                ),
+            )
+        try:
+            judgement = self.policy.evaluate(request.to_dict())
+        except PolicyStoreDegraded as e:
+            log.warning("decision %s denied: policy store degraded: %s", decision_id, e)
+            return None, PolicyStoreDegraded.reason, (str(e),)
+        return judgement, "policy", judgement.reasons
 
     # -- reads ---------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from l7.crypto import intent_hash, scope_hash
 from l7.domain import Decision, Status
+from l7.engine.restriction import Restriction
 from l7.engine.state import fold_decision
 from l7.errors import GrantRefused, LedgerDegraded, RequestInvalid
 from l7.gateway.grant import GrantVerifier
@@ -67,6 +68,7 @@ class GatewayService:
         self.verifier = verifier
         self.gateway_id = gateway_id
         self._clock = clock
+        self.restriction = Restriction(ledger)
 
     def _decision(self, decision_id: str) -> Decision:
         try:
@@ -94,7 +96,12 @@ class GatewayService:
                 f"{grant.action_hash}",
                 reason="action_mismatch",
             )
-        d = self._decision(grant.decision_id)  # 3
+        if self.restriction.state().active:  # 3
+            raise GrantRefused(
+                "the ledger failed verification: restriction mode is on until an L4 clears it",
+                reason="ledger_integrity_failed",
+            )
+        d = self._decision(grant.decision_id)
         if d.execution_id is not None:
             replay = d.execution_id == grant.jti
             raise GrantRefused(

@@ -122,6 +122,24 @@ class GovernanceService(pb_grpc.GovernanceServicer):
         d = self.breakglass.review(who, request.decision_id, request.findings)
         return pb.ReviewBreakGlassResponse(breakglass=self._bg_info(d))
 
+    def _restriction(self) -> pb.RestrictionState:
+        st = self.engine.restriction.state()
+        return pb.RestrictionState(
+            active=st.active, reason=st.reason, since=st.since, cleared_by=st.cleared_by
+        )
+
+    def GetRestriction(  # noqa: N802
+        self, request: pb.GetRestrictionRequest, context: grpc.ServicerContext
+    ) -> pb.RestrictionState:
+        return self._restriction()
+
+    def ClearRestriction(  # noqa: N802
+        self, request: pb.ClearRestrictionRequest, context: grpc.ServicerContext
+    ) -> pb.RestrictionState:
+        who = self._identity(context)
+        self.engine.restriction.clear(who.subject, who.level, request.reason)
+        return self._restriction()
+
     def ListBreakGlass(  # noqa: N802
         self, request: pb.ListBreakGlassRequest, context: grpc.ServicerContext
     ) -> pb.ListBreakGlassResponse:

@@ -75,7 +75,8 @@ def test_policy_down_is_a_recorded_deny() -> None:
 def test_ledger_down_raises_ledger_degraded_never_an_answer() -> None:
     engine, _, led = make()
     led.fail = True
-    with pytest.raises(LedgerDegraded, match="nothing was allowed"):
+    # Restriction state cannot be read either: refused before policy is even asked.
+    with pytest.raises(LedgerDegraded, match="could not be read"):
         engine.decide(request_from_dict(request()))
     with pytest.raises(LedgerDegraded, match="could not be read"):
         engine.decide(request_from_dict(request(key="k")))
@@ -95,3 +96,34 @@ def test_unknown_decision() -> None:
     engine, _, _ = make()
     with pytest.raises(DecisionNotFound, match="nope"):
         engine.get_decision("nope")
+
+
+def test_ledger_refusing_the_write_is_degraded_with_nothing_allowed() -> None:
+    engine, _, led = make()
+    engine.restriction.state()  # cached: only the write fails below
+    original = led.append
+
+    def refuse(events):  # type: ignore[no-untyped-def]
+        led.fail = True
+        return original(events)
+
+    led.append = refuse  # type: ignore[method-assign]
+    with pytest.raises(LedgerDegraded, match="nothing was allowed"):
+        engine.decide(request_from_dict(request()))
+
+
+def test_restriction_mode_denies_without_asking_policy_until_an_l4_clears() -> None:
+    from l7.errors import Forbidden
+
+    engine, policy, led = make()
+    engine.restriction.enter("hash_mismatch at decision d1 sequence 3")
+    d, _ = engine.decide(request_from_dict(request()))
+    assert (d.outcome, d.reason_code) == (Outcome.DENY, "ledger_integrity_failed")
+    assert "until an L4 clears it" in d.reasons[0]
+    assert policy.calls == []
+    with pytest.raises(Forbidden, match="needs L4"):
+        engine.restriction.clear("mgr", 3, "looked at it")
+    engine.restriction.clear("sec1", 4, "restored from backup; verify passes")
+    assert engine.decide(request_from_dict(request()))[0].outcome is Outcome.ALLOW
+    kinds = [e.payload["kind"] for e in led.get_stream("restriction/ledger")]
+    assert kinds == ["restriction_entered", "restriction_cleared"]
