@@ -2,8 +2,12 @@
 
 Public surface: the contract in ``ledger.interface`` (``LedgerClient`` and its
 value types), the error tree in ``ledger.errors``, the SQL implementation
-``SqlLedger`` / ``open_ledger`` (``ledger.store``), the canonical bytes and
-chain hash (``ledger.canonical``) and the pure verifier (``ledger.verify``).
+``SqlLedger`` / ``open_ledger`` (``ledger.store``, an ``AuditableLedger``), the
+canonical bytes and chain hash (``ledger.canonical``), the pure verifier
+(``ledger.verify``), the background ``Checkpointer`` / ``IntegrityMonitor``
+(``ledger.checkpointer``) and the dual-write check ``verify_dual_write``
+(``ledger.dualwrite``). Checkpoints, proofs, audit and export live in
+``ledger.checkpoint``, ``ledger.merkle``, ``ledger.audit`` and ``ledger.export``.
 This package never imports ``l7``.
 """
 
@@ -11,6 +15,8 @@ from __future__ import annotations
 
 from ledger._writer import WriterStats
 from ledger.canonical import canonical_body, chain_hash
+from ledger.checkpointer import Checkpointer, IntegrityMonitor
+from ledger.dualwrite import DualWriteReport, verify_dual_write
 from ledger.errors import (
     DuplicateKey,
     IntegrityViolation,
@@ -21,6 +27,7 @@ from ledger.errors import (
 from ledger.interface import (
     GENESIS_HASH,
     SCHEMA_VERSION,
+    AuditableLedger,
     Confirmation,
     EventHash,
     EventType,
@@ -36,10 +43,14 @@ from ledger.verify import VerifyRow, verify_file, verify_rows
 __all__ = [
     "GENESIS_HASH",
     "SCHEMA_VERSION",
+    "AuditableLedger",
+    "Checkpointer",
     "Confirmation",
+    "DualWriteReport",
     "DuplicateKey",
     "EventHash",
     "EventType",
+    "IntegrityMonitor",
     "IntegrityViolation",
     "InvalidEvent",
     "LedgerClient",
@@ -55,6 +66,7 @@ __all__ = [
     "canonical_body",
     "chain_hash",
     "open_ledger",
+    "verify_dual_write",
     "verify_file",
     "verify_rows",
 ]

@@ -95,6 +95,10 @@ class Confirmation:
     sequence: int
     global_seq: int
     hash: EventHash
+    checkpoint: int = 0
+    """Checkpoint reference: this event is covered by the first signed checkpoint whose
+    ``tree_size >= global_seq``, so the ledger sets it to ``global_seq`` (0 = unknown, from
+    a ledger that predates checkpoints)."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,11 @@ The schema is created and upgraded by the Alembic revisions in
 ``ledger/migrations`` (``ledger.schema``), never by ``create_all``: they also
 install the append-only triggers (SQLite: ``RAISE(ABORT, ...)`` on UPDATE and
 DELETE; PostgreSQL: a plpgsql function refusing UPDATE, DELETE and TRUNCATE).
+``checkpoints`` (revision 0002) keeps every signed tree head: ``tree_size`` is the
+key and ``body`` the exact JCS bytes the signature covers; append-only like
+``events`` (``CHECKPOINTS_APPEND_ONLY_MESSAGE``). The indexes on ``event_type``,
+``actor`` and ``at`` serve ``SqlLedger.query``.
+
 This model must describe the schema at the head revision.
 """
 
@@ -17,13 +22,23 @@ from __future__ import annotations
 
 from typing import cast
 
-from sqlalchemy import BigInteger, Integer, String, Table, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Index, Integer, String, Table, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["APPEND_ONLY_MESSAGE", "Base", "EventRow", "events_table"]
+__all__ = [
+    "APPEND_ONLY_MESSAGE",
+    "CHECKPOINTS_APPEND_ONLY_MESSAGE",
+    "Base",
+    "CheckpointRow",
+    "EventRow",
+    "checkpoints_table",
+    "events_table",
+]
 
 APPEND_ONLY_MESSAGE = "ledger events are append-only"
 """What the database's triggers say when they refuse an UPDATE, DELETE or TRUNCATE."""
+CHECKPOINTS_APPEND_ONLY_MESSAGE = "ledger checkpoints are append-only"
+"""The same for the ``checkpoints`` table."""
 
 
 class Base(DeclarativeBase):
@@ -38,6 +53,9 @@ class EventRow(Base):
         UniqueConstraint("event_id", name="uq_events_event_id"),
         UniqueConstraint("unique_key", name="uq_events_unique_key"),
         UniqueConstraint("decision_id", "sequence", name="uq_events_stream_seq"),
+        Index("ix_events_event_type", "event_type", "global_seq"),
+        Index("ix_events_actor", "actor", "global_seq"),
+        Index("ix_events_at", "at"),
     )
 
     # INTEGER PRIMARY KEY on SQLite (the rowid), BIGINT elsewhere; never autoincremented.
@@ -57,4 +75,21 @@ class EventRow(Base):
     body: Mapped[str] = mapped_column(Text)
 
 
+class CheckpointRow(Base):
+    """One signed checkpoint (``ledger.checkpoint.Checkpoint``). Inserted once, never changed."""
+
+    __tablename__ = "checkpoints"
+
+    tree_size: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False
+    )
+    root_hash: Mapped[str] = mapped_column(String(64))
+    timestamp: Mapped[str] = mapped_column(String())
+    key_id: Mapped[str] = mapped_column(String())
+    signature: Mapped[str] = mapped_column(String())
+    body: Mapped[str] = mapped_column(Text)
+    """RFC 8785 bytes of the signed fields (``Checkpoint.signed_bytes``), as text."""
+
+
 events_table = cast(Table, EventRow.__table__)
+checkpoints_table = cast(Table, CheckpointRow.__table__)

@@ -8,7 +8,7 @@ run as the admin who owns the ledger database:
    NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT; the password is sent
    SCRAM-hashed on the client (libpq ``PQencryptPasswordConn``), never in clear;
 3. grants CONNECT on the database, USAGE on the schema, SELECT and INSERT on
-   ``events`` and SELECT on ``alembic_version`` (the revision check on open);
+   ``events`` and ``checkpoints`` and SELECT on ``alembic_version`` (the revision check on open);
    revokes UPDATE, DELETE, TRUNCATE, REFERENCES and TRIGGER on both. No sequence
    is needed: the writer assigns ``global_seq`` itself, under an advisory lock
    that needs no privilege;
@@ -93,8 +93,8 @@ def _grant(conn: Connection, role: str, verifier: str) -> None:
         f"{verb} ROLE {role} WITH {attrs} PASSWORD '{verifier}'",
         f'GRANT CONNECT ON DATABASE "{db}" TO {role}',
         f"GRANT USAGE ON SCHEMA public TO {role}",
-        f"REVOKE ALL ON TABLE events, alembic_version FROM {role}",
-        f"GRANT SELECT, INSERT ON TABLE events TO {role}",
+        f"REVOKE ALL ON TABLE events, checkpoints, alembic_version FROM {role}",
+        f"GRANT SELECT, INSERT ON TABLE events, checkpoints TO {role}",
         f"GRANT SELECT ON TABLE alembic_version TO {role}",
     ):
         conn.exec_driver_sql(stmt)  # DDL: no bind parameters, nothing parsed for them

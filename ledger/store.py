@@ -18,14 +18,37 @@ The schema is checked on every open and migrated with ``create=True``
 
 Every SQLAlchemy / driver / Alembic exception is translated to the ledger error
 tree in exactly one place, ``ledger._dberrors.db_errors``.
+
+Beyond ``LedgerClient`` it implements ``AuditableLedger`` (DESIGN §4):
+
+* ``iter_rows`` / ``query``: rows for audit and export; filtered pages of events.
+* An in-memory ``MerkleTree`` over the global log, built lazily from the stored
+  hashes on first need, extended by the writer thread *after* each group commits
+  (never before), and caught up from the database whenever it has more rows than
+  the tree (another process appended). Proofs and checkpoints use it.
+* ``sign_checkpoint``: signs (``checkpoint_signer``) the tree head over the whole log,
+  stores it in ``checkpoints`` (append-only, revision 0002) under the write lock,
+  then appends it to the witness file (``witness_path``) if one is configured.
+* ``audit``: ``ledger.audit.verify_log`` over every row against the stored AND the
+  witnessed checkpoints (deduplicated by tree size; the two copies must agree), with
+  ``checkpoint_public_key`` (default: the signer's public key); plus
+  ``verify_dual_write`` when dual-write is on.
+* ``export``: ``ledger.export.build_export`` against the latest checkpoint.
+* ``dual_write="jsonl:///path"``: a group is confirmed only after the database commit
+  AND the sink's fsync (``ledger.dualwrite``).
+
+Every ``Confirmation`` carries ``checkpoint = global_seq``: the event is covered by the
+first checkpoint whose ``tree_size >= global_seq``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,8 +59,25 @@ from sqlalchemy.engine import make_url
 from ledger._dberrors import db_errors
 from ledger._engine import make_engine, write_lock
 from ledger._writer import GroupWriter, Prepared, WriterStats
+from ledger.audit import AuditReport, verify_log
 from ledger.canonical import canonical_body, chain_hash
-from ledger.errors import DuplicateKey, InvalidEvent, LedgerError, LedgerUnavailable
+from ledger.checkpoint import (
+    Checkpoint,
+    CheckpointSigner,
+    Witness,
+    read_witness,
+    verify_checkpoint,
+)
+from ledger.checkpoint import sign_checkpoint as _sign
+from ledger.dualwrite import JsonlSink, verify_dual_write
+from ledger.errors import (
+    DuplicateKey,
+    IntegrityViolation,
+    InvalidEvent,
+    LedgerError,
+    LedgerUnavailable,
+)
+from ledger.export import build_export
 from ledger.interface import (
     GENESIS_HASH,
     SCHEMA_VERSION,
@@ -49,15 +89,25 @@ from ledger.interface import (
     StoredEvent,
     VerifyReport,
 )
-from ledger.models import events_table
+from ledger.merkle import MerkleTree, ProofInvalid, event_leaf_hash
+from ledger.models import checkpoints_table, events_table
 from ledger.schema import ensure_schema
-from ledger.verify import verify_rows
+from ledger.verify import VerifyRow, verify_rows
 
-__all__ = ["SqlLedger", "WriterStats", "open_ledger"]
+__all__ = ["QUERY_LIMIT_MAX", "SqlLedger", "WriterStats", "open_ledger"]
+
+QUERY_LIMIT_MAX = 1_000
+"""``query`` returns at most this many events per page."""
+
+log = logging.getLogger(__name__)
 
 _READ_CHUNK = 2_000
 _VERIFY_CHUNK = 10_000
+_TREE_CHUNK = 50_000
+_IN_CHUNK = 500  # decision ids per IN (...) list
 _T = events_table.c
+_C = checkpoints_table.c
+_CHECKPOINT_COLS = (_C.tree_size, _C.root_hash, _C.timestamp, _C.key_id, _C.signature, _C.body)
 _STORED_COLS = (
     _T.event_id,
     _T.decision_id,
@@ -80,6 +130,19 @@ def _utc(now: datetime) -> str:
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _rfc3339(name: str, value: str) -> str:
+    """``value`` in the ledger's ``at`` form, so string comparison is time order."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"{name} {value!r} is not an RFC 3339 time; use e.g. 2026-01-02T03:04:05Z"
+        ) from e
+    if parsed.tzinfo is None:
+        raise ValueError(f"{name} {value!r} has no time zone; add Z or an offset")
+    return _utc(parsed)
+
+
 def _stored(row: Any) -> StoredEvent:
     eid, did, etype, pv, actor, ukey, at, seq, prev, h, g, body = row
     parsed = json.loads(body)
@@ -100,8 +163,26 @@ def _stored(row: Any) -> StoredEvent:
     )
 
 
+def _checkpoint_violation(
+    what: str, tree_size: int, expected: str, actual: str
+) -> IntegrityViolation:
+    return IntegrityViolation(
+        what, decision_id="-", sequence=0, global_seq=tree_size, expected=expected, actual=actual
+    )
+
+
+def _describe(cp: Checkpoint) -> str:
+    return f"root {cp.root_hash} at {cp.timestamp} by {cp.key_id}"
+
+
 class SqlLedger:
-    """A LedgerClient over a SQL database. Thread-safe; ``close()`` flushes pending writes."""
+    """An AuditableLedger over a SQL database. Thread-safe; ``close()`` flushes pending writes.
+
+    ``checkpoint_signer`` signs checkpoints (``sign_checkpoint``, ``export``);
+    ``witness_path`` is the witness file each signed checkpoint is appended to and
+    ``audit`` reads; ``checkpoint_public_key`` (raw Ed25519, default: the signer's
+    ``public_key_raw``) verifies them; ``dual_write`` is a ``jsonl:///path`` sink URL.
+    """
 
     def __init__(
         self,
@@ -110,11 +191,28 @@ class SqlLedger:
         clock: Callable[[], datetime] | None = None,
         busy_timeout_s: float = 2.0,
         create: bool = True,
+        checkpoint_signer: CheckpointSigner | None = None,
+        witness_path: Path | None = None,
+        checkpoint_public_key: bytes | None = None,
+        dual_write: str | None = None,
     ) -> None:
         self._url = url
         self._clock = clock or (lambda: datetime.now(UTC))
         self._busy_timeout_s = busy_timeout_s
         self._closed = False
+        self._signer = checkpoint_signer
+        if checkpoint_public_key is None and checkpoint_signer is not None:
+            raw = getattr(checkpoint_signer, "public_key_raw", None)
+            checkpoint_public_key = raw if isinstance(raw, bytes) else None
+        self._public_key = checkpoint_public_key
+        self._witness_path = Path(witness_path) if witness_path is not None else None
+        self._witness: Witness | None = None
+        self._tree: MerkleTree | None = None
+        self._tree_lock = threading.Lock()  # guards the tree object (short holds only)
+        self._sync_lock = threading.Lock()  # one catch-up from the database at a time
+        self._checkpoint_lock = threading.Lock()
+        self._sink_lock = threading.Lock()  # held from a group's commit to its sink fsync
+        self._sink: JsonlSink | None = None
         with self._db_errors():
             parsed = make_url(url)
         self._dialect = parsed.get_backend_name()
@@ -144,6 +242,14 @@ class SqlLedger:
                 self.schema_revision = ensure_schema(
                     self._rengine, self._wengine, create=create, where=self._where
                 )
+                if self._witness_path is not None and not self._witness_path.exists():
+                    try:  # created now, so a witness file that later goes missing was deleted
+                        Witness(self._witness_path)
+                    except OSError as e:
+                        raise LedgerUnavailable(
+                            f"cannot create the witness file {self._witness_path}: {e}"
+                        ) from e
+                self._sink = JsonlSink(dual_write) if dual_write is not None else None
             except BaseException:
                 self._wengine.dispose()
                 self._rengine.dispose()
@@ -205,8 +311,37 @@ class SqlLedger:
     def _commit_group(
         self, batches: Sequence[Sequence[Prepared]]
     ) -> list[list[Confirmation] | LedgerError]:
-        """Writer thread: one transaction, one SAVEPOINT per batch. Raises for the whole group."""
+        """Writer thread: commit, then extend the tree, then write the dual-write sink.
+
+        Raising fails every batch of the group (LedgerUnavailable to each caller).
+        """
+        sink = self._sink
+        with self._sink_lock if sink is not None else nullcontext():
+            if sink is not None and sink.failed is not None:
+                raise LedgerUnavailable(sink.failed)
+            results, rows = self._commit_db(batches)
+            self._extend_tree(rows)  # after the commit: the tree never holds uncommitted events
+            if sink is not None and rows:
+                try:
+                    sink.write(rows)
+                except (OSError, ValueError) as e:
+                    first, last = rows[0]["global_seq"], rows[-1]["global_seq"]
+                    sink.failed = (
+                        f"dual-write sink {sink.path} failed ({type(e).__name__}: {e}) after "
+                        f"the database committed global_seq {first}..{last}: those events are "
+                        "in the database but not in the sink and were NOT confirmed; further "
+                        "appends are refused until the ledger is reopened - compare with "
+                        "ledger.dualwrite.verify_dual_write and repair the sink"
+                    )
+                    raise LedgerUnavailable(sink.failed) from e
+        return results
+
+    def _commit_db(
+        self, batches: Sequence[Sequence[Prepared]]
+    ) -> tuple[list[list[Confirmation] | LedgerError], list[dict[str, Any]]]:
+        """One transaction, one SAVEPOINT per batch; returns results and the committed rows."""
         results: list[list[Confirmation] | LedgerError] = []
+        committed: list[dict[str, Any]] = []
         with self._db_errors(), self._wengine.connect() as conn, conn.begin():
             write_lock(conn)  # before ANY read: max(global_seq) and the heads come after it
             next_g = (
@@ -225,8 +360,9 @@ class SqlLedger:
                     continue
                 heads.update(new_heads)
                 next_g += len(rows)
+                committed += rows
                 results.append(confs)
-        return results
+        return results, committed
 
     def _place(
         self,
@@ -279,7 +415,7 @@ class SqlLedger:
                     "body": p.body.decode("utf-8"),
                 }
             )
-            confs.append(Confirmation(p.event_id, p.decision_id, seq, g, h))
+            confs.append(Confirmation(p.event_id, p.decision_id, seq, g, h, checkpoint=g))
         return confs, rows, local
 
     def stats(self) -> WriterStats:
@@ -288,9 +424,12 @@ class SqlLedger:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def _read(self, stmt: Any) -> list[Any]:
+    def _check_open(self) -> None:
         if self._closed:
             raise LedgerUnavailable("ledger is closed; open it again with open_ledger(url)")
+
+    def _read(self, stmt: Any) -> list[Any]:
+        self._check_open()
         with self._db_errors(), self._rengine.connect() as conn:
             return list(conn.execute(stmt).all())
 
@@ -320,8 +459,43 @@ class SqlLedger:
     def count(self) -> int:
         return int(self._read(select(func.count()).select_from(events_table))[0][0])
 
-    def _verify_rows(self) -> Iterator[Any]:
-        """Rows for verify_rows, in keyset pages, with ``body`` as the stored bytes."""
+    def query(
+        self,
+        *,
+        decision_id: str | None = None,
+        event_type: str | None = None,
+        actor: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        after_global_seq: int = 0,
+        limit: int = 100,
+    ) -> list[StoredEvent]:
+        """Events matching every given filter, in global order, after ``after_global_seq``.
+
+        ``since`` (inclusive) and ``until`` (exclusive) are RFC 3339 times compared with
+        the events' ``at``; ``limit`` is capped at QUERY_LIMIT_MAX. For the next page pass
+        the last event's ``global_seq`` as ``after_global_seq``. ValueError for a bad
+        time or a limit below 1.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        stmt = select(*_STORED_COLS).where(_T.global_seq > after_global_seq)
+        if decision_id is not None:
+            stmt = stmt.where(_T.decision_id == decision_id)
+        if event_type is not None:
+            etype = event_type.value if isinstance(event_type, EventType) else str(event_type)
+            stmt = stmt.where(_T.event_type == etype)
+        if actor is not None:
+            stmt = stmt.where(_T.actor == actor)
+        if since is not None:
+            stmt = stmt.where(_T.at >= _rfc3339("since", since))
+        if until is not None:
+            stmt = stmt.where(_T.at < _rfc3339("until", until))
+        stmt = stmt.order_by(_T.global_seq).limit(min(limit, QUERY_LIMIT_MAX))
+        return [_stored(r) for r in self._read(stmt)]
+
+    def _row_select(self) -> Any:
+        """SELECT of the VerifyRow columns, with ``body`` as the stored bytes."""
         body: Any = (
             func.convert_to(_T.body, "UTF8")
             if self._dialect == "postgresql"
@@ -341,16 +515,332 @@ class SqlLedger:
             _T.hash,
             body,
         ]
-        page = select(*cols).order_by(_T.global_seq).limit(_VERIFY_CHUNK)
-        rows = self._read(page)
+        return select(*cols)
+
+    def _pages(self, stmt: Any, after_global_seq: int) -> Iterator[VerifyRow]:
+        """``stmt`` (a _row_select) in keyset pages of global order."""
+        page = stmt.order_by(_T.global_seq).limit(_VERIFY_CHUNK)
+        cursor = after_global_seq
         while True:
-            yield from rows
+            rows = self._read(page.where(_T.global_seq > cursor))
+            for r in rows:
+                yield VerifyRow._make(r)
             if len(rows) < _VERIFY_CHUNK:
                 return
-            rows = self._read(page.where(_T.global_seq > rows[-1][0]))
+            cursor = rows[-1][0]
+
+    def iter_rows(self, *, after_global_seq: int = 0) -> Iterator[VerifyRow]:
+        """Every row after ``after_global_seq`` in global order, as ``VerifyRow`` (body bytes)."""
+        return self._pages(self._row_select(), after_global_seq)
 
     def verify(self, progress: ProgressFn | None = None) -> VerifyReport:
-        return verify_rows(self._verify_rows(), total=self.count(), progress=progress)
+        return verify_rows(self.iter_rows(), total=self.count(), progress=progress)
+
+    # -- the Merkle tree -----------------------------------------------------------------------
+
+    def _extend_tree(self, rows: list[dict[str, Any]]) -> None:
+        """Writer thread, after a commit: append the group's leaves if the tree is current."""
+        if not rows:
+            return
+        with self._tree_lock:
+            tree = self._tree
+            if tree is None:
+                return  # built lazily, from the database, on first need
+            skip = tree.size + 1 - rows[0]["global_seq"]
+            if skip < 0:
+                return  # another process appended in between: caught up on next need
+            try:
+                tree.extend(event_leaf_hash(r["hash"]) for r in rows[skip:])
+            except Exception:  # never fail a committed group for the tree's sake
+                log.exception("ledger Merkle tree extension failed; rebuilding it on next need")
+                self._tree = None
+
+    def _sync_tree(self) -> MerkleTree:
+        """The tree, built if needed and caught up with every row in the database now."""
+        with self._sync_lock:
+            with self._tree_lock:
+                tree = self._tree
+            if tree is None:
+                tree = MerkleTree()
+                self._catch_up(tree)  # not shared yet: the writer skips while _tree is None
+                with self._tree_lock:
+                    self._tree = tree
+            self._catch_up(tree)
+            return tree
+
+    def _catch_up(self, tree: MerkleTree) -> None:
+        while True:
+            with self._tree_lock:
+                size = tree.size
+            rows = self._read(
+                select(_T.global_seq, _T.hash)
+                .where(_T.global_seq > size)
+                .order_by(_T.global_seq)
+                .limit(_TREE_CHUNK)
+            )
+            leaves = []
+            for i, (g, h) in enumerate(rows):
+                if g != size + 1 + i:
+                    raise IntegrityViolation(
+                        "global_gap",
+                        decision_id="-",
+                        sequence=0,
+                        global_seq=int(g),
+                        expected=f"global_seq {size + 1 + i} (building the Merkle tree)",
+                        actual=f"global_seq {g}",
+                    )
+                leaves.append(event_leaf_hash(h))
+            with self._tree_lock:
+                skip = tree.size - size  # the writer may have extended it meanwhile
+                if skip < len(leaves):
+                    tree.extend(leaves[skip:])
+            if len(rows) < _TREE_CHUNK:
+                return
+
+    def inclusion_proof(self, global_seq: int, tree_size: int) -> list[bytes]:
+        """Audit path of event ``global_seq`` in the tree of the first ``tree_size`` events
+        (leaf-side first; verify with ``ledger.merkle.verify_inclusion(leaf, global_seq - 1,
+        tree_size, proof, root)``). ValueError unless 1 <= global_seq <= tree_size <= size."""
+        tree = self._sync_tree()
+        with self._tree_lock:
+            n = tree.size
+            if not 1 <= tree_size <= n:
+                raise ValueError(f"tree_size {tree_size} outside 1..{n} (the log's size)")
+            if not 1 <= global_seq <= tree_size:
+                raise ValueError(f"global_seq {global_seq} outside 1..{tree_size}")
+            return tree.inclusion_proof(global_seq - 1, tree_size)
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        """RFC 6962 proof that the tree of ``size1`` events is a prefix of that of ``size2``.
+        ValueError unless 0 <= size1 <= size2 <= the log's size."""
+        tree = self._sync_tree()
+        with self._tree_lock:
+            n = tree.size
+            if not 0 <= size2 <= n:
+                raise ValueError(f"size2 {size2} outside 0..{n} (the log's size)")
+            if not 0 <= size1 <= size2:
+                raise ValueError(f"size1 {size1} outside 0..{size2}")
+            return tree.consistency_proof(size1, size2)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def sign_checkpoint(self) -> Checkpoint:
+        """Sign the tree head over the whole log now, store it, witness it, return it.
+
+        If a checkpoint of this size (same root) or a larger one is already stored (another
+        process signed it), that one is returned instead. LedgerUnavailable without a
+        signer or when the signer fails; IntegrityViolation if a stored checkpoint of
+        this size has another root.
+        """
+        self._check_open()
+        if self._signer is None:
+            raise LedgerUnavailable(
+                "no checkpoint signer is configured; open the ledger with "
+                "SqlLedger(url, checkpoint_signer=...) to sign checkpoints"
+            )
+        with self._checkpoint_lock:
+            tree = self._sync_tree()
+            with self._tree_lock:
+                size = tree.size
+                root = tree.root(size)
+            try:
+                cp = _sign(size, root, self._signer, self._clock())
+            except Exception as e:
+                raise LedgerUnavailable(
+                    f"checkpoint signer {getattr(self._signer, 'key_id', '?')!r} failed "
+                    f"({type(e).__name__}: {e}); no checkpoint was stored"
+                ) from e
+            if self._public_key is not None:
+                try:
+                    verify_checkpoint(cp, self._public_key)
+                except ProofInvalid as e:
+                    raise LedgerUnavailable(
+                        "the checkpoint signer's signature does not verify with "
+                        f"checkpoint_public_key ({e}); fix the key configuration"
+                    ) from e
+            stored = self._store_checkpoint(cp)
+            self._witness_append(stored)
+            return stored
+
+    def _store_checkpoint(self, cp: Checkpoint) -> Checkpoint:
+        row = {**cp.to_dict(), "body": cp.signed_bytes().decode("ascii")}
+        with self._db_errors(), self._wengine.connect() as conn, conn.begin():
+            write_lock(conn)
+            found = conn.execute(
+                select(*_CHECKPOINT_COLS).where(_C.tree_size >= cp.tree_size).order_by(_C.tree_size)
+            ).all()
+            if found:
+                same = self._checkpoint(found[0])
+                if same.tree_size == cp.tree_size and same.root_hash != cp.root_hash:
+                    raise _checkpoint_violation(
+                        "checkpoint_inconsistent",
+                        cp.tree_size,
+                        f"the stored checkpoint's {_describe(same)}",
+                        f"the log now gives {_describe(cp)}",
+                    )
+                return self._checkpoint(found[-1])
+            conn.execute(checkpoints_table.insert(), [row])
+        return cp
+
+    def _witness_append(self, cp: Checkpoint) -> None:
+        if self._witness_path is None:
+            return
+        try:
+            if self._witness is None:
+                self._witness = Witness(self._witness_path, public_key_raw=self._public_key)
+            last = self._witness.last
+            if last is not None and last.tree_size > cp.tree_size:
+                return  # a newer checkpoint is already witnessed
+            if last is not None and (last.tree_size, last.root_hash) == (
+                cp.tree_size,
+                cp.root_hash,
+            ):
+                return  # already witnessed
+            # (the same size with another root is refused by Witness.append: a fork)
+            self._witness.append(cp)
+        except OSError as e:
+            raise LedgerUnavailable(
+                f"checkpoint (tree_size {cp.tree_size}) is stored in the database but could "
+                f"not be written to the witness {self._witness_path}: {e}"
+            ) from e
+
+    @staticmethod
+    def _checkpoint(row: Any) -> Checkpoint:
+        """A stored row as a Checkpoint; its columns must agree with the signed body."""
+        size, root_hash, timestamp, key_id, signature, body = row
+        try:
+            cp = Checkpoint(int(size), root_hash, timestamp, key_id, signature)
+        except ProofInvalid as e:
+            raise _checkpoint_violation(
+                "checkpoint_malformed", int(size), "a well-formed stored checkpoint", str(e)
+            ) from e
+        if body != cp.signed_bytes().decode("ascii"):
+            raise _checkpoint_violation(
+                "checkpoint_body_mismatch",
+                cp.tree_size,
+                f"body {cp.signed_bytes().decode('ascii')!r} (from the columns)",
+                f"{body!r:.300}",
+            )
+        return cp
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Every stored checkpoint, oldest first (IntegrityViolation for a malformed row)."""
+        rows = self._read(select(*_CHECKPOINT_COLS).order_by(_C.tree_size))
+        return [self._checkpoint(r) for r in rows]
+
+    def _audit_checkpoints(self) -> list[Checkpoint]:
+        """Stored checkpoints united with the witnessed ones; the two must agree per size."""
+        merged = {cp.tree_size: cp for cp in self.checkpoints()}
+        if self._witness_path is None:
+            return list(merged.values())
+        try:
+            witnessed = read_witness(self._witness_path)
+        except FileNotFoundError as e:  # created on open: gone means deleted
+            raise _checkpoint_violation(
+                "witness_missing", 0, f"the witness file {self._witness_path}", "no such file"
+            ) from e
+        except ProofInvalid as e:
+            raise _checkpoint_violation(
+                "witness_malformed", 0, f"a well-formed witness file {self._witness_path}", str(e)
+            ) from e
+        for w in witnessed:
+            stored = merged.get(w.tree_size)
+            if stored is None:
+                merged[w.tree_size] = w
+            elif stored != w:
+                raise _checkpoint_violation(
+                    "checkpoint_conflict",
+                    w.tree_size,
+                    f"the witnessed checkpoint of tree_size {w.tree_size}: {_describe(w)} "
+                    f"({self._witness_path})",
+                    f"the database's {_describe(stored)}",
+                )
+        return sorted(merged.values(), key=lambda c: c.tree_size)
+
+    def audit(self, progress: ProgressFn | None = None) -> AuditReport:
+        """``verify_log`` over every row against the stored and witnessed checkpoints, then
+        ``verify_dual_write`` if dual-write is on. Raises IntegrityViolation; ProofInvalid
+        when there is no checkpoint at all; LedgerUnavailable without a public key."""
+        if self._public_key is None:
+            raise LedgerUnavailable(
+                "no checkpoint public key is configured; open the ledger with "
+                "checkpoint_public_key=<raw Ed25519 key> (or a checkpoint_signer) to audit"
+            )
+        checkpoints = self._audit_checkpoints()
+        horizon = self._dual_write_horizon()
+        report = verify_log(
+            self.iter_rows(), checkpoints, self._public_key, total=self.count(), progress=progress
+        )
+        if self._sink is not None:
+            verify_dual_write(self, self._sink.path, upto=horizon)
+        return report
+
+    def _dual_write_horizon(self) -> int:
+        """The last global_seq whose group has passed the sink (no group is in flight)."""
+        if self._sink is None:
+            return 0
+        with self._sink_lock:
+            return int(self._read(select(func.coalesce(func.max(_T.global_seq), 0)))[0][0])
+
+    # -- export --------------------------------------------------------------------------------
+
+    def export(
+        self, *, decision_ids: Sequence[str] = (), since: str | None = None
+    ) -> dict[str, Any]:
+        """The offline audit pack (``ledger.export``) for whole streams ``decision_ids``
+        and/or the events ``at >= since`` (each stream from its first such event on; all
+        events if neither is given), against the latest checkpoint, signing a new one
+        first if the log has grown and a signer is configured. Only events the
+        checkpoint covers are included. ValueError if nothing matches."""
+        checkpoints = self.checkpoints()
+        latest = checkpoints[-1] if checkpoints else None
+        if self._signer is not None and (
+            latest is None or self._sync_tree().size > latest.tree_size
+        ):
+            latest = self.sign_checkpoint()
+        if latest is None:
+            raise LedgerUnavailable(
+                "no checkpoint to prove against: none is stored and no checkpoint_signer "
+                "is configured to sign one"
+            )
+        rows = self._export_rows(tuple(decision_ids), since, latest.tree_size)
+        if not rows:
+            raise ValueError(
+                f"no events match decision_ids={list(decision_ids)!r:.200} since={since!r} "
+                f"within the checkpoint (tree_size {latest.tree_size})"
+            )
+        tree = self._sync_tree()
+        with self._tree_lock:
+            return build_export(rows, tree, latest, public_key_raw=self._public_key)
+
+    def _export_rows(
+        self, decision_ids: tuple[str, ...], since: str | None, upto: int
+    ) -> list[VerifyRow]:
+        base = self._row_select().where(_T.global_seq <= upto)
+        at_from = _rfc3339("since", since) if since is not None else None
+        if decision_ids:
+            ids = sorted(set(decision_ids))
+            rows: list[VerifyRow] = []
+            for i in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[i : i + _IN_CHUNK]
+                rows += self._pages(base.where(_T.decision_id.in_(chunk)), 0)
+            rows.sort(key=lambda r: r.global_seq)
+        elif at_from is not None:
+            first = self._read(select(func.min(_T.global_seq)).where(_T.at >= at_from))[0][0]
+            if first is None:
+                return []
+            rows = list(self._pages(base, int(first) - 1))
+        else:
+            rows = list(self._pages(base, 0))
+        if at_from is None:
+            return rows
+        started: set[str] = set()  # a stream is taken whole from its first event >= since
+        out = []
+        for r in rows:
+            if r.decision_id in started or r.at >= at_from:
+                started.add(r.decision_id)
+                out.append(r)
+        return out
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -360,6 +850,8 @@ class SqlLedger:
             return
         self._writer.close()
         self._closed = True
+        if self._sink is not None:
+            self._sink.close()
         self._wengine.dispose()
         self._rengine.dispose()
 
@@ -370,6 +862,7 @@ class SqlLedger:
         self.close()
 
 
-def open_ledger(url: str, *, create: bool = True) -> SqlLedger:
-    """Open (and with ``create``, initialise) the ledger at ``url``."""
-    return SqlLedger(url, create=create)
+def open_ledger(url: str, *, create: bool = True, **options: Any) -> SqlLedger:
+    """Open (and with ``create``, initialise) the ledger at ``url``; ``options`` go to
+    ``SqlLedger`` (checkpoint_signer, witness_path, checkpoint_public_key, dual_write...)."""
+    return SqlLedger(url, create=create, **options)

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from l7.cli.authority import add_authority_commands
-from l7.cli.progress import Progress
+from l7.cli.ledger_cmds import add_ledger_commands
 from l7.engine.state import fold_decision
 from l7.errors import ConfigError, L7Error, RequestInvalid
 from l7.identity import TokenVerifier
 from l7.stack import REPO_ROOT, Stack, StackConfig
-from ledger import IntegrityViolation, LedgerError, open_ledger
+from ledger import LedgerError, open_ledger
 
 __all__ = ["main"]
 
@@ -80,11 +80,38 @@ def _verifier(a: argparse.Namespace) -> TokenVerifier | None:
     )
 
 
+def _bao(a: argparse.Namespace) -> Any:
+    """An hvac client for --bao-addr with the token from --bao-token-file or $BAO_TOKEN."""
+    import os
+
+    import hvac
+
+    if not a.bao_addr:
+        return None
+    token = os.environ.get("BAO_TOKEN", "")
+    if a.bao_token_file:
+        try:
+            token = Path(a.bao_token_file).read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise ConfigError(f"--bao-token-file {a.bao_token_file}: {e.strerror}") from e
+    return hvac.Client(url=a.bao_addr, token=token)
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
+    from l7.secrets.envelope import Envelope
+    from l7.secrets.refs import BaoSecretStore
+
     _ensure_sqlite_dir(a.ledger)
+    bao = _bao(a)
     stack = Stack(
         StackConfig(
-            env=a.env, ledger_url=a.ledger, addr=a.addr, opa_url=a.opa_url, verifier=_verifier(a)
+            env=a.env,
+            ledger_url=a.ledger,
+            addr=a.addr,
+            opa_url=a.opa_url,
+            verifier=_verifier(a),
+            secret_store=BaoSecretStore(bao) if bao else None,
+            envelope=Envelope(bao, a.transit_key) if bao and a.transit_key else None,
         )
     )
     stack.start()
@@ -149,22 +176,6 @@ def cmd_decision_show(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ledger_verify(a: argparse.Namespace) -> int:
-    led = open_ledger(a.ledger, create=False)
-    try:
-        report = led.verify(progress=Progress("verifying ledger"))
-    except IntegrityViolation as e:
-        print(f"FAILED: {e}", file=sys.stderr)
-        return 1
-    finally:
-        led.close()
-    print(
-        f"OK: {report.events:,} events in {report.streams:,} streams verified; "
-        f"head global_seq {report.last_global_seq} hash {report.head_hash}"
-    )
-    return 0
-
-
 def cmd_bundle(a: argparse.Namespace) -> int:
     from l7.policy.bundle import build_bundle, verify_lock, write_lock
     from l7.policy.opa_process import find_opa
@@ -193,10 +204,19 @@ def cmd_gateway_serve(a: argparse.Namespace) -> int:
             "--grant-public-key is required: a gateway without a verification key would run "
             "with checks disabled, so it refuses to start"
         )
+    from l7.secrets.refs import BaoSecretStore
+
     keys = {kid_of(k): k for k in (load_grant_public_key(Path(p)) for p in a.grant_public_key)}
+    bao = _bao(a)
     led = open_ledger(a.ledger, create=False)
     server, port = create_gateway_server(
-        a.addr, GatewayService(led, GrantVerifier(keys), gateway_id=a.gateway_id)
+        a.addr,
+        GatewayService(
+            led,
+            GrantVerifier(keys),
+            gateway_id=a.gateway_id,
+            secrets=BaoSecretStore(bao) if bao else None,
+        ),
     )
     server.start()
     stop = threading.Event()
@@ -209,6 +229,19 @@ def cmd_gateway_serve(a: argparse.Namespace) -> int:
     finally:
         server.stop(grace=2).wait(5)
         led.close()
+    return 0
+
+
+def cmd_secrets_check(a: argparse.Namespace) -> int:
+    from l7.secrets.interface import SecretRef
+    from l7.secrets.refs import BaoSecretStore
+
+    bao = _bao(a)
+    if bao is None:
+        raise ConfigError("--bao-addr is required (or $BAO_ADDR)")
+    ref = SecretRef.parse(a.ref, field="REF")
+    meta = BaoSecretStore(bao).metadata(ref)
+    print(f"OK: {ref} exists (version {meta.version}, written {meta.created_time}); value not read")
     return 0
 
 
@@ -229,6 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     def ledger_flag(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--ledger", default=DEFAULT_LEDGER, help="ledger database URL")
 
+    def bao_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--bao-addr", help="OpenBao for secret references (KV v2 at secret/)")
+        sp.add_argument("--bao-token-file", help="OpenBao token file (default $BAO_TOKEN)")
+
+    sp = sub.add_parser("secrets", help="secret references")
+    ssub = sp.add_subparsers(dest="secrets_cmd", required=True, metavar="SUBCOMMAND")
+    chk = ssub.add_parser("check", help="does a secret reference resolve (metadata only)?")
+    chk.add_argument("ref", help="vault:<mount>/<path>#<field>[@<version>]")
+    bao_flags(chk)
+    chk.set_defaults(fn=cmd_secrets_check)
+
     sp = sub.add_parser("serve", help="serve the Governance API (starts OPA with the bundle)")
     sp.add_argument("--env", default="local", help="bundle environment under bundles/")
     sp.add_argument("--addr", default=DEFAULT_ADDR, help="listen address (loopback)")
@@ -238,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--jwks-url", help="issuer keys URL (default ISSUER/.well-known/keys)")
     sp.add_argument("--jwks-file", help="issuer keys as a JWKS file instead of a URL")
     sp.add_argument("--subject-claim", default="sub", help="token claim naming the identity")
+    bao_flags(sp)
+    sp.add_argument("--transit-key", help="OpenBao transit key for envelope fields")
     ledger_flag(sp)
     sp.set_defaults(fn=cmd_serve)
 
@@ -257,11 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     ledger_flag(show)
     show.set_defaults(fn=cmd_decision_show)
 
-    sp = sub.add_parser("ledger", help="ledger operations")
-    lsub = sp.add_subparsers(dest="ledger_cmd", required=True, metavar="SUBCOMMAND")
-    ver = lsub.add_parser("verify", help="re-check every hash chain and the global sequence")
-    ledger_flag(ver)
-    ver.set_defaults(fn=cmd_ledger_verify)
+    add_ledger_commands(sub, ledger_flag)
 
     sp = sub.add_parser("bundle", help="build or verify policy bundles and their locks")
     bsub = sp.add_subparsers(dest="bundle_cmd", required=True, metavar="SUBCOMMAND")
@@ -283,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="engine grant key (PEM, repeatable for rotation); required",
     )
     gs.add_argument("--gateway-id", default="gateway", help="name recorded in the ledger")
+    bao_flags(gs)
     ledger_flag(gs)
     gs.set_defaults(fn=cmd_gateway_serve)
 
@@ -298,6 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from l7.secrets.logfilter import install
+
+    install()  # every log line passes the secret scanner's redaction
     try:
         rc: int = args.fn(args)
     except ConfigError as e:

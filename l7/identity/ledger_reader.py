@@ -1,0 +1,41 @@
+"""Layer-7's answer to the ledger service's question "who is reading?".
+
+The ledger package knows nothing of OIDC; it asks a ``ReadAuthorizer``. This one
+verifies the caller's bearer token with the same verifier as the Governance API
+and hands the ledger the subject and roles (``writer`` for engines and gateways,
+``auditor`` / ``security`` / ``raw-reader`` for raw reads). A break-glass read is
+declared with ``x-l7-breakglass: <decision id>`` by an L4+ identity and is recorded
+by the ledger as its own kind of access.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from l7.errors import IdentityDegraded, Unauthenticated
+from l7.identity.interface import TokenVerifier
+from ledger import LedgerUnavailable
+from ledger.access import AccessDenied, Reader
+
+__all__ = ["OidcReadAuthorizer"]
+
+BREAKGLASS_MIN_LEVEL = 4
+
+
+class OidcReadAuthorizer:
+    def __init__(self, verifier: TokenVerifier) -> None:
+        self.verifier = verifier
+
+    def authorize(self, metadata: Mapping[str, str]) -> Reader:
+        auth = next((v for k, v in metadata.items() if k.lower() == "authorization"), "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AccessDenied("send 'authorization: Bearer <OIDC JWT>'", authenticated=False)
+        try:
+            who = self.verifier.verify(token.strip())
+        except Unauthenticated as e:
+            raise AccessDenied(str(e), authenticated=False) from e
+        except IdentityDegraded as e:
+            raise LedgerUnavailable(f"identity provider unreachable: {e}") from e
+        breakglass = bool(metadata.get("x-l7-breakglass")) and who.level >= BREAKGLASS_MIN_LEVEL
+        return Reader(subject=who.subject, roles=frozenset(who.roles), breakglass=breakglass)
