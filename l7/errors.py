@@ -20,6 +20,10 @@
     │                               grant_replayed, action_mismatch, not_authorized)
     └── GatewayDegraded             the gateway or the engine behind a governed call is unreachable
 
+Secrets add two more (in ``l7.secrets.interface``, beside the finding kinds they name):
+``SecretInPayload`` (a RequestInvalid, reason secret_in_payload) and ``SecretsDegraded``
+(OpenBao unreachable or sealed, reason secrets_degraded).
+
 The gRPC layer (``l7.server.interceptor``) maps this tree to status codes and a
 ``google.rpc.ErrorInfo`` with ``reason`` in exactly one place. Dependency
 exceptions (requests, SQLAlchemy, grpc) are translated where the dependency is

@@ -33,6 +33,8 @@ from l7.identity import TokenVerifier
 from l7.policy.bundle import BuiltBundle, verify_lock
 from l7.policy.evaluator import OpaEvaluator
 from l7.policy.opa_process import OpaProcess, find_opa
+from l7.secrets.envelope import Envelope
+from l7.secrets.interface import SecretStore
 from l7.server.app import create_server
 from ledger import LedgerClient, open_ledger
 
@@ -63,6 +65,10 @@ class StackConfig:
     grant_ttl_s: int = DEFAULT_GRANT_TTL_S
     gateway: bool = False
     """Also run a gateway (Boundary B) in this process, on its own port."""
+    secret_store: SecretStore | None = None
+    """Where secret references are checked (engine) and resolved (gateway): OpenBao KV."""
+    envelope: Envelope | None = None
+    """OpenBao transit key sealing policy's envelope fields before they reach the ledger."""
 
 
 class Stack:
@@ -113,7 +119,13 @@ class Stack:
                 self.opa.start()
                 evaluator = OpaEvaluator(self.opa.url, expected_revision=self.bundle.revision)
             self.ledger = open_ledger(cfg.ledger_url)
-            self.engine = Engine(evaluator, self.ledger, clock=cfg.clock)
+            self.engine = Engine(
+                evaluator,
+                self.ledger,
+                clock=cfg.clock,
+                secrets=cfg.secret_store,
+                envelope=cfg.envelope,
+            )
             self.authority = AuthorityService(self.engine)
             self.breakglass = BreakGlassService(self.engine)
             key_path = cfg.grant_key or cfg.work_dir / "keys" / "grant.pem"
@@ -137,6 +149,7 @@ class Stack:
                     self.ledger,
                     GrantVerifier({kid_of(pub): pub}, clock=lambda: cfg.clock().timestamp()),
                     clock=lambda: cfg.clock().timestamp(),
+                    secrets=cfg.secret_store,
                 )
                 host = cfg.addr.rsplit(":", 1)[0]
                 self.gateway_server, self.gateway_port = create_gateway_server(f"{host}:0", service)

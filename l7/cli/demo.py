@@ -57,6 +57,19 @@ CAST = {
 }
 
 
+# The roles each identity's token grants (a request may only claim one of them).
+ROLES = {
+    "agent-reporter": ["agent"],
+    "agent-janitor": ["agent"],
+    "alice": ["engineer"],
+    "ana": ["manager"],
+    "ben": ["manager"],
+    "sam": ["security"],
+    "sue": ["supervisor"],
+    "agent-ops": ["agent"],
+}
+
+
 def _load(name: str) -> dict[str, Any]:
     obj: dict[str, Any] = json.loads((EXAMPLES / name).read_text(encoding="utf-8"))
     return obj
@@ -112,7 +125,7 @@ def run_demo(*, keep: bool = False) -> int:
     try:
         with OpenBaoDev(work_dir=work) as bao:
             for name, (level, scopes) in CAST.items():
-                bao.make_user(name, level, team="platform", scopes=scopes)
+                bao.make_user(name, level, team="platform", scopes=scopes, roles=ROLES[name])
             verifier = JwtVerifier(
                 JwksUrl(bao.jwks_url),
                 issuer=bao.issuer,

@@ -11,23 +11,36 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from l7.domain import Decision, DecisionId, DecisionRequest, Judgement
 from l7.engine.events import decision_events, idempotency_unique_key
 from l7.engine.interface import Clock, PolicyEvaluator
 from l7.engine.restriction import Restriction
 from l7.engine.state import fold_decision
-from l7.errors import DecisionNotFound, IdempotencyConflict, LedgerDegraded, PolicyStoreDegraded
+from l7.errors import (
+    DecisionNotFound,
+    IdempotencyConflict,
+    LedgerDegraded,
+    PolicyStoreDegraded,
+    RequestInvalid,
+)
+from l7.secrets.envelope import Envelope
+from l7.secrets.interface import SecretInPayload, SecretRef, SecretsDegraded, SecretStore
+from l7.secrets.refs import secret_refs
+from l7.secrets.scanner import redact, scan
 from ledger import (
     GENESIS_HASH,
     SCHEMA_VERSION,
     Confirmation,
     DuplicateKey,
+    EventType,
     LedgerClient,
     LedgerError,
     NewEvent,
@@ -90,18 +103,80 @@ class _KeyLocks:
 
 class Engine:
     def __init__(
-        self, policy: PolicyEvaluator, ledger: LedgerClient, *, clock: Clock = _utcnow
+        self,
+        policy: PolicyEvaluator,
+        ledger: LedgerClient,
+        *,
+        clock: Clock = _utcnow,
+        secrets: SecretStore | None = None,
+        envelope: Envelope | None = None,
     ) -> None:
         self.policy = policy
+        self.secrets = secrets
+        self.envelope = envelope
         self.ledger = ledger
         self.clock = clock
         self.restriction = Restriction(ledger)
         self._keys = _KeyLocks()
+        self._secrets_cfg: tuple[float, Mapping[str, Any]] | None = None
 
     # -- Decide --------------------------------------------------------------------------
 
+    def secrets_config(self) -> Mapping[str, Any]:
+        """Policy's ``data.l7.config.secrets`` (on_secret, envelope_fields, decrypt_roles),
+        re-read at most once a minute; OPA down means the strictest reading ({})."""
+        now = time.monotonic()
+        if self._secrets_cfg and now - self._secrets_cfg[0] < 60:
+            return self._secrets_cfg[1]
+        try:
+            cfg, _ = self.policy.query("l7/config", "secrets", {})
+        except PolicyStoreDegraded:
+            return {}
+        cfg = cfg if isinstance(cfg, dict) else {}
+        self._secrets_cfg = (now, cfg)
+        return cfg
+
+    def _secrets_mode(self) -> str:
+        """Anything but an explicit "redact" from policy means refuse."""
+        return "redact" if self.secrets_config().get("on_secret") == "redact" else "refuse"
+
+    def _seal_envelopes(self, request: DecisionRequest) -> DecisionRequest:
+        """Fields policy names in ``envelope_fields`` enter the ledger only as OpenBao
+        transit ciphertext, bound to their field path."""
+        fields = self.secrets_config().get("envelope_fields", [])
+        payload = dict(request.action.payload)
+        todo = [
+            k for k in payload if k in fields and isinstance(payload[k], str)
+            and not payload[k].startswith("vault:v")
+        ]  # fmt: skip
+        if not todo:
+            return request
+        if self.envelope is None:
+            raise SecretsDegraded(
+                f"fields {todo} must be envelope-encrypted but this engine has no transit "
+                "key configured; refusing to record them in clear"
+            )
+        for k in todo:
+            payload[k] = self.envelope.seal(payload[k].encode(), context=f"action.payload.{k}")
+        return replace(request, action=replace(request.action, payload=payload))
+
+    def screen(self, request: DecisionRequest) -> DecisionRequest:
+        """No credential reaches policy, the ledger or the logs: refuse it, naming the field
+        (never the value), or redact it where policy says so."""
+        action = request.to_dict()["action"]
+        findings = scan(action, "action")
+        if not findings:
+            return self._seal_envelopes(request)
+        if self._secrets_mode() != "redact" or any(
+            not f.path.startswith("action.payload") for f in findings
+        ):
+            raise SecretInPayload(findings[0].path, findings[0].kind)
+        clean, _ = redact(dict(request.action.payload))
+        return self._seal_envelopes(replace(request, action=replace(request.action, payload=clean)))
+
     def decide(self, request: DecisionRequest) -> tuple[Decision, bool]:
         """Judge ``request``; returns (decision, replayed)."""
+        request = self.screen(request)
         if not request.idempotency_key:
             return self._decide_new(request), False
         unique = idempotency_unique_key(request.context.actor.id, request.idempotency_key)
@@ -167,12 +242,79 @@ class Engine:
                     f"({restricted.reason}); governed actions are denied until an L4 clears it",
                 ),
             )
+        policy_input = request.to_dict()
+        refs = secret_refs(request.action.payload)
+        if refs:
+            try:
+                policy_input["secrets"] = self._ref_metadata(refs)
+            except SecretsDegraded as e:
+                log.warning("decision %s denied: secrets degraded: %s", decision_id, e)
+                return None, SecretsDegraded.reason, (str(e),)
         try:
-            judgement = self.policy.evaluate(request.to_dict())
+            judgement = self.policy.evaluate(policy_input)
         except PolicyStoreDegraded as e:
             log.warning("decision %s denied: policy store degraded: %s", decision_id, e)
             return None, PolicyStoreDegraded.reason, (str(e),)
         return judgement, "policy", judgement.reasons
+
+    def _ref_metadata(self, refs: list[SecretRef]) -> list[dict[str, object]]:
+        """What policy may know of each reference: where it points and whether it exists
+        (never the value). No secret store configured counts as the store being down."""
+        if self.secrets is None:
+            raise SecretsDegraded(
+                "the request names secret references but this engine has no secret store "
+                "configured (l7 serve --bao-addr)"
+            )
+        out: list[dict[str, object]] = []
+        for ref in refs:
+            try:
+                meta = self.secrets.metadata(ref)
+                exists, version = True, meta.version
+            except RequestInvalid:  # missing path, field or version
+                exists, version = False, None
+            out.append(
+                {
+                    "ref": str(ref),
+                    "mount": ref.mount,
+                    "path": ref.path,
+                    "field": ref.field,
+                    "version": version,
+                    "exists": exists,
+                }
+            )
+        return out
+
+    def open_envelope(
+        self, subject: str, roles: tuple[str, ...], decision_id: str, field: str
+    ) -> str:
+        """Decrypt one envelope field of a decision for an allowed role; the read is recorded
+        as ``ledger.accessed`` before the plaintext is returned."""
+        d = self.get_decision(decision_id)
+        value = d.request.action.payload.get(field)
+        if not isinstance(value, str) or not value.startswith("vault:v"):
+            raise RequestInvalid("field", f"{field!r} is not an envelope field of {decision_id}")
+        if self.envelope is None:
+            raise SecretsDegraded("no transit key is configured on this engine")
+        allowed = tuple(self.secrets_config().get("decrypt_roles", []))
+        role = next((r for r in roles if r in allowed), "")
+        plaintext = self.envelope.open(
+            value, context=f"action.payload.{field}", role=role, allowed_roles=allowed
+        )
+        try:
+            self.ledger.append(
+                [
+                    NewEvent(
+                        decision_id,
+                        EventType.LEDGER_ACCESSED,
+                        subject,
+                        d.policy_version,
+                        {"mode": "decrypt", "subject": subject, "role": role, "field": field},
+                    )
+                ]
+            )
+        except LedgerError as e:
+            raise LedgerDegraded(f"the decrypt could not be recorded ({e}); refused") from e
+        return plaintext.decode()
 
     # -- reads ---------------------------------------------------------------------------
 

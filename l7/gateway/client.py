@@ -23,7 +23,7 @@ import functools
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar
 
 import grpc
@@ -79,6 +79,16 @@ class Denied(L7Error):
 class ExecutionContext:
     decision_id: str
     execution_id: str
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Values of the action's secret references, resolved just in time by the gateway."""
+
+    def secret(self, ref: str) -> str:
+        try:
+            return self.secrets[ref]
+        except KeyError:
+            raise GrantRefused(
+                f"{ref} is not one of this action's secret references", reason="not_authorized"
+            ) from None
 
 
 _current: contextvars.ContextVar[ExecutionContext | None] = contextvars.ContextVar(
@@ -266,7 +276,7 @@ class Governed:
         if d["status"] != "authorized" or not grant:
             raise Denied(did, d.get("reason_code", ""), list(d.get("reasons", [])))
         ex = self.gateway.authorize(grant, action)
-        with self._executing(ExecutionContext(did, ex.execution_id)):
+        with self._executing(ExecutionContext(did, ex.execution_id, dict(ex.secrets))):
             try:
                 result = tool._fn(*args, **kwargs)
             except Exception as e:

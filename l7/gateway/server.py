@@ -45,6 +45,7 @@ class GatewayServicer(gpb_grpc.GatewayServicer):
             ledger=pb.LedgerConfirmation(
                 global_seq=ex.ledger.global_seq, hash=ex.ledger.hash, event_id=ex.ledger.event_id
             ),
+            secrets=dict(ex.secrets),
         )
 
     def ConfirmExecution(  # noqa: N802

@@ -18,7 +18,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from l7.crypto import intent_hash, scope_hash
@@ -27,6 +27,8 @@ from l7.engine.restriction import Restriction
 from l7.engine.state import fold_decision
 from l7.errors import GrantRefused, LedgerDegraded, RequestInvalid
 from l7.gateway.grant import GrantVerifier
+from l7.secrets.interface import SecretsDegraded, SecretStore
+from l7.secrets.refs import secret_refs
 from ledger import Confirmation, DuplicateKey, EventType, LedgerClient, LedgerError, NewEvent
 
 __all__ = ["MAX_RESULT_BYTES", "Execution", "GatewayService", "summarize_result"]
@@ -39,6 +41,8 @@ class Execution:
     decision_id: str
     execution_id: str
     ledger: Confirmation
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Secret values for the tool, resolved just in time (never repr'd, logged or stored)."""
 
 
 def summarize_result(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -63,7 +67,9 @@ class GatewayService:
         *,
         gateway_id: str = "gateway",
         clock: Callable[[], float] = time.time,
+        secrets: SecretStore | None = None,
     ) -> None:
+        self.secrets = secrets
         self.ledger = ledger
         self.verifier = verifier
         self.gateway_id = gateway_id
@@ -126,6 +132,7 @@ class GatewayService:
                 f"decision {d.decision_id}",
                 reason="not_authorized",
             )
+        resolved = self._resolve(action)  # before consuming: no secret, no execution
         event = NewEvent(  # 4
             d.decision_id,
             EventType.EXECUTION_AUTHORIZED,
@@ -152,7 +159,18 @@ class GatewayService:
             raise LedgerDegraded(
                 f"the ledger did not confirm execution.authorized: {e}; the tool must not run"
             ) from e
-        return Execution(d.decision_id, grant.jti, conf)
+        return Execution(d.decision_id, grant.jti, conf, resolved)
+
+    def _resolve(self, action: Mapping[str, Any]) -> dict[str, str]:
+        refs = secret_refs(action.get("payload") or {})
+        if not refs:
+            return {}
+        if self.secrets is None:
+            raise SecretsDegraded(
+                "the action uses secret references but this gateway has no secret store "
+                "configured (l7 gateway serve --bao-addr); nothing runs"
+            )
+        return {str(r): self.secrets.resolve(r) for r in refs}
 
     def confirm(
         self, decision_id: str, execution_id: str, succeeded: bool, result: Mapping[str, Any]

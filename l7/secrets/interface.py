@@ -45,13 +45,13 @@ class SecretKind(str, Enum):
     PRIVATE_KEY = "private_key"
     JWT = "jwt"
     AWS_ACCESS_KEY = "aws_access_key"
-    AWS_SECRET_KEY = "aws_secret_key"
+    AWS_SECRET_KEY = "aws_secret_key"  # noqa: S105 (a kind name)
     GCP_SERVICE_ACCOUNT = "gcp_service_account"
     AZURE_STORAGE_KEY = "azure_storage_key"
-    GITHUB_TOKEN = "github_token"
-    SLACK_TOKEN = "slack_token"
+    GITHUB_TOKEN = "github_token"  # noqa: S105 (a kind name)
+    SLACK_TOKEN = "slack_token"  # noqa: S105 (a kind name)
     STRIPE_KEY = "stripe_key"
-    BEARER_TOKEN = "bearer_token"
+    BEARER_TOKEN = "bearer_token"  # noqa: S105 (a kind name)
     CONNECTION_STRING = "connection_string"
     HIGH_ENTROPY = "high_entropy"
 
@@ -123,7 +123,9 @@ class SecretRef:
                 "secret_ref", f"mount, path segments and field must match {_SEG!r}"
             )
         v = self.version
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 999_999_999):
+        if v is not None and (
+            isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 999_999_999
+        ):
             raise RequestInvalid("secret_ref", "version must be an integer from 1 to 999999999")
 
     @classmethod

@@ -37,8 +37,9 @@ master key, and its last word is not one that names metadata (``id``, ``ref``, `
 ``type``, ``name``, ``url``, ...: ``token_id`` and ``secret_ref`` are not secret-named).
 Values that are pointers or digests, not secrets, are never name-flagged: a secret
 reference (``vault:kv/app/db#password@3``), ``sha256:<64 hex>``, a transit ciphertext
-(``vault:v1:...``) and a redaction placeholder. Detection is deliberately conservative
-on low-entropy values: ``{"password": "hunter2"}`` is not flagged.
+(``vault:v1:...``), a lower-case DNS name, and a placeholder (``********``, ``${VAR}``,
+``[redacted:<kind>]``); in ``Name=value`` tokens only the value is judged. Detection is
+deliberately conservative on low-entropy values: ``{"password": "hunter2"}`` is not flagged.
 
 A ``Finding`` never holds the value; error messages name the path and the kind only.
 """
@@ -109,13 +110,15 @@ _ASSIGNMENT = re.compile(
     r"""(?<![A-Za-z0-9_.-])([A-Za-z][A-Za-z0-9_.-]{0,63})["']?\s*[:=]\s*["']?"""
     r"""([^\s"',;&<>]{20,})"""
 )
-_TOKEN = re.compile(r"[^\s\"',;()<>\[\]{}]+")
+_PAIR = re.compile(r"([A-Za-z][A-Za-z0-9_.-]{0,63})=([^=].*)")
+_TOKEN = re.compile(r"[^\s\"',;()<>{}]+")
 _AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
 
 _PLACEHOLDER = re.compile(
     r"\**|\$\{[^}]*\}|\$[A-Z_][A-Z0-9_]*|\{\{[^}]*\}\}|<[^>]*>|%\([^)]*\)s|\[redacted:[a-z_]+\]"
 )
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
+_HOSTNAME = re.compile(r"[a-z0-9-]+(?:\.[a-z0-9-]+)+")
 _TRANSIT = re.compile(r"vault:v[1-9][0-9]{0,8}:[A-Za-z0-9+/]+={0,2}")
 
 # -- names --------------------------------------------------------------------------------
@@ -126,10 +129,12 @@ _SECRET_NAME = re.compile(
     r"|master)_?key"
 )
 _METADATA_WORDS = frozenset(
-    "id ids ref refs reference hash digest sha256 fingerprint type kind name names method "
-    "url uri endpoint path version versions expiry expires expiration ttl at time count "
-    "length policy policies scope scopes alg algorithm hint label format enabled required "
-    "present set rotated mount field provider source".split()
+    (  # noqa: SIM905 (a word list reads better as one string)
+        "id ids ref refs reference hash digest sha256 fingerprint type kind name names method "
+        "url uri endpoint path version versions expiry expires expiration ttl at time count "
+        "length policy policies scope scopes alg algorithm hint label format enabled required "
+        "present set rotated mount field provider source"
+    ).split()
 )
 _AUTHORIZATION_NAMES = frozenset({"authorization", "proxy_authorization"})
 _CAMEL = re.compile(r"([a-z0-9])([A-Z])")
@@ -160,8 +165,10 @@ def shannon_entropy(text: str) -> float:
 def _is_exempt(value: str) -> bool:
     """Pointers, digests, ciphertexts and placeholders are not secrets."""
     v = value.strip()
-    if _PLACEHOLDER.fullmatch(v) or _SHA256.fullmatch(v) or _TRANSIT.fullmatch(v):
+    if any(rx.fullmatch(v) for rx in (_PLACEHOLDER, _SHA256, _TRANSIT, _HOSTNAME)):
         return True
+    if not v.startswith("vault:"):
+        return False
     try:
         SecretRef.parse(v)
     except RequestInvalid:
@@ -235,9 +242,9 @@ def _pattern_hits(text: str) -> Iterator[_Hit]:
         yield _Hit(m.start(1), m.end(1), K.BEARER_TOKEN)
     for m in _ASSIGNMENT.finditer(text):
         if is_secret_name(m.group(1)):
-            kind = _value_kind(m.group(2))
-            if kind is not None:
-                yield _Hit(m.start(2), m.end(2), kind)
+            named = _value_kind(m.group(2))
+            if named is not None:
+                yield _Hit(m.start(2), m.end(2), named)
 
 
 def _named_hits(text: str, field: str) -> Iterator[_Hit]:
@@ -248,9 +255,13 @@ def _named_hits(text: str, field: str) -> Iterator[_Hit]:
         yield _Hit(0, len(text), K.BEARER_TOKEN)
         return
     for m in _TOKEN.finditer(text):
-        kind = _value_kind(m.group(0))
+        start = m.start()
+        pair = _PAIR.fullmatch(m.group(0))  # "Protocol=https": judge the value alone
+        if pair is not None:
+            start += pair.start(2)
+        kind = _value_kind(text[start : m.end()])
         if kind is not None:
-            yield _Hit(m.start(), m.end(), kind)
+            yield _Hit(start, m.end(), kind)
 
 
 def _text_hits(text: str, field: str | None) -> list[_Hit]:
@@ -260,9 +271,7 @@ def _text_hits(text: str, field: str | None) -> list[_Hit]:
         candidates = _chain(candidates, _named_hits(text, field))
     accepted: list[_Hit] = []
     for hit in candidates:
-        if hit.end > hit.start and all(
-            hit.end <= a.start or hit.start >= a.end for a in accepted
-        ):
+        if hit.end > hit.start and all(hit.end <= a.start or hit.start >= a.end for a in accepted):
             accepted.append(hit)
     return sorted(accepted, key=lambda h: h.start)
 

@@ -133,6 +133,13 @@ class GovernanceService(pb_grpc.GovernanceServicer):
     ) -> pb.RestrictionState:
         return self._restriction()
 
+    def OpenEnvelope(  # noqa: N802
+        self, request: pb.OpenEnvelopeRequest, context: grpc.ServicerContext
+    ) -> pb.OpenEnvelopeResponse:
+        who = self._identity(context)
+        text = self.engine.open_envelope(who.subject, who.roles, request.decision_id, request.field)
+        return pb.OpenEnvelopeResponse(plaintext=text)
+
     def ClearRestriction(  # noqa: N802
         self, request: pb.ClearRestrictionRequest, context: grpc.ServicerContext
     ) -> pb.RestrictionState:
@@ -171,6 +178,12 @@ class GovernanceService(pb_grpc.GovernanceServicer):
         if self.verifier is not None:
             who = self._identity(context)
             actor = req.context.actor
+            if actor.role and actor.role not in who.roles:
+                raise Forbidden(
+                    f"the request claims role {actor.role!r}; the token grants "
+                    f"{list(who.roles) or 'no roles'}",
+                    reason="actor_mismatch",
+                )
             if (who.subject, who.level) != (actor.id, actor.level):
                 raise Forbidden(
                     f"the request names actor {actor.id!r} at L{actor.level}, but the token "

@@ -36,6 +36,7 @@ from l7.errors import (
     RequestInvalid,
     Unauthenticated,
 )
+from l7.secrets.interface import SecretsDegraded
 
 __all__ = ["DOMAIN", "ErrorInterceptor", "status_for"]
 
@@ -57,6 +58,7 @@ _CODES: list[tuple[type[L7Error], int]] = [
     (IllegalTransition, code_pb2.FAILED_PRECONDITION),
     (GrantRefused, code_pb2.PERMISSION_DENIED),
     (GatewayDegraded, code_pb2.UNAVAILABLE),
+    (SecretsDegraded, code_pb2.UNAVAILABLE),
 ]
 
 

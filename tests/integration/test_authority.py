@@ -116,7 +116,8 @@ class World:
 
 def _setup_people(bao: OpenBaoDev) -> None:
     for name, (level, scopes) in PEOPLE.items():
-        bao.make_user(name, level, team="platform", scopes=scopes)
+        role = {1: "engineer", 2: "supervisor", 3: "manager", 4: "security", 5: "executive"}[level]
+        bao.make_user(name, level, team="platform", scopes=scopes, roles=[role])
 
 
 def _verifier(bao: OpenBaoDev, cache_ttl_s: float = 300) -> JwtVerifier:

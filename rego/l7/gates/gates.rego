@@ -147,3 +147,40 @@ _requester_level_ok if {
 }
 
 _min_level := object.get(lib.class_config, "min_requester_level", 1)
+
+# METADATA
+# title: Secret references are within the actor's reach
+# description: >-
+#   Requests carry secrets only as references (vault:<mount>/<path>#<field>@<version>);
+#   the engine resolves their metadata (never the value) into input.secrets. Each
+#   reference must exist and lie under a prefix that data.l7.config.secrets.ref_prefixes
+#   grants the actor's role ("*" applies to every role). No references: passes.
+# custom:
+#   short_name: secret_refs_allowed
+#   severity: critical
+#   failure_msg: "secret references %s are missing or outside what role %s may use"
+results contains lib.gate(rego.metadata.chain(), count(_bad_refs) == 0, [sort(_bad_refs), lib.show(_role)])
+
+default _role := ""
+
+_role := input.context.actor.role if is_string(input.context.actor.role)
+
+default _secrets := []
+
+_secrets := input.secrets if is_array(input.secrets)
+
+_ref_prefixes := array.concat(
+	lib.param(["secrets", "ref_prefixes", "*"], []),
+	lib.param(["secrets", "ref_prefixes", _role], []),
+)
+
+_bad_refs contains sprintf("%v", [r.ref]) if {
+	some r in _secrets
+	not _ref_ok(r)
+}
+
+_ref_ok(r) if {
+	r.exists == true
+	some prefix in _ref_prefixes
+	startswith(concat("/", [r.mount, r.path]), prefix)
+}

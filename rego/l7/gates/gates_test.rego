@@ -30,6 +30,8 @@ _t_target := "Target type is allowed for the action class"
 
 _t_level := "Requester level is high enough for the action class"
 
+_t_secrets := "Secret references are within the actor's reach"
+
 test_a_good_request_passes_every_gate_in_id_order if {
 	got := gates.list with input as _req("data.read", "dev", "dataset", 1)
 		with data.l7.deployment as _deployment
@@ -39,6 +41,7 @@ test_a_good_request_passes_every_gate_in_id_order if {
 		_pass("environment_served", _t_served, "critical"),
 		_pass("input_complete", _t_complete, "critical"),
 		_pass("requester_level", _t_level, "high"),
+		_pass("secret_refs_allowed", _t_secrets, "critical"),
 		_pass("target_type_allowed", _t_target, "high"),
 	]
 	gates.all_passed with input as _req("data.read", "dev", "dataset", 1)
@@ -65,6 +68,7 @@ test_empty_input_fails_every_gate_but_none_is_missing if {
 			]),
 		),
 		_fail("requester_level", _t_level, "high", "actor level (missing) is below the minimum L1 for action class (missing)"),
+		_pass("secret_refs_allowed", _t_secrets, "critical"),
 		_fail("target_type_allowed", _t_target, "high", "target type (missing) is not allowed for action class (missing)"),
 	]
 	not gates.all_passed with input as {} with data.l7.deployment as _deployment
@@ -154,10 +158,31 @@ test_requester_level_below_the_class_minimum if {
 
 test_every_gate_carries_its_metadata if {
 	gs := gates.list with input as {} with data.l7.deployment as _deployment
-	count(gs) == 6
+	count(gs) == 7
 	every g in gs {
 		regex.match(`^[a-z_]+$`, g.id)
 		g.title != ""
 		g.severity in {"low", "medium", "high", "critical"}
 	}
+}
+
+test_secret_refs_within_the_role_prefix_pass_others_fail if {
+	base := object.union(_req("data.read", "dev", "dataset", 1), {"context": {"actor": {"role": "engineer"}}})
+	ok := object.union(base, {"secrets": [{"ref": "vault:secret/app/db#password", "mount": "secret", "path": "app/db", "exists": true}]})
+	gates.all_passed with input as ok with data.l7.deployment as _deployment
+	bad := object.union(base, {"secrets": [
+		{"ref": "vault:secret/payroll/db#password", "mount": "secret", "path": "payroll/db", "exists": true},
+		{"ref": "vault:secret/app/gone#x", "mount": "secret", "path": "app/gone", "exists": false},
+	]})
+	some g in gates.list with input as bad with data.l7.deployment as _deployment
+	g.id == "secret_refs_allowed"
+	g.result == "fail"
+	g.reason == `secret references ["vault:secret/app/gone#x", "vault:secret/payroll/db#password"] are missing or outside what role "engineer" may use`
+}
+
+test_secret_refs_without_a_role_are_refused if {
+	no_role := json.remove(_req("data.read", "dev", "dataset", 1), ["context/actor/role"])
+	r := object.union(no_role, {"secrets": [{"ref": "vault:secret/app/db#p", "mount": "secret", "path": "app/db", "exists": true}]})
+	failed := gates.failed with input as r with data.l7.deployment as _deployment
+	"secret_refs_allowed" in failed
 }
