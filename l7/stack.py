@@ -36,7 +36,9 @@ from l7.policy.opa_process import OpaProcess, find_opa
 from l7.secrets.envelope import Envelope
 from l7.secrets.interface import SecretStore
 from l7.server.app import create_server
-from ledger import LedgerClient, open_ledger
+from ledger import LedgerClient, SqlLedger, open_ledger
+from ledger.checkpointer import IntegrityMonitor
+from ledger.remote import RemoteLedger
 
 __all__ = ["REPO_ROOT", "Stack", "StackConfig"]
 
@@ -69,6 +71,19 @@ class StackConfig:
     """Where secret references are checked (engine) and resolved (gateway): OpenBao KV."""
     envelope: Envelope | None = None
     """OpenBao transit key sealing policy's envelope fields before they reach the ledger."""
+    ledger_token: str | None = None
+    """Bearer token (role writer) for a ledger reached over gRPC (ledger_url grpc://...)."""
+    integrity_check_s: float = 0.0
+    """Re-verify the ledger this often (0: never); a failure enters restriction mode."""
+
+
+def connect_ledger(url: str, *, token: str | None = None) -> LedgerClient:
+    """``grpc://host:port`` reaches the ledger service (RemoteLedger); anything else is a
+    database URL opened in-process. Both are the same LedgerClient to the engine."""
+    if url.startswith("grpc://"):
+        meta = (("authorization", f"Bearer {token}"),) if token else ()
+        return RemoteLedger(url.removeprefix("grpc://"), metadata=meta)
+    return open_ledger(url)
 
 
 class Stack:
@@ -85,6 +100,7 @@ class Stack:
         self.gateway_server: grpc.Server | None = None
         self.gateway_port = 0
         self.grant_public_key_path: Path | None = None
+        self.monitor: IntegrityMonitor | None = None
         self._stop_sweeper = threading.Event()
         self._sweeper: threading.Thread | None = None
 
@@ -118,7 +134,7 @@ class Stack:
                 )
                 self.opa.start()
                 evaluator = OpaEvaluator(self.opa.url, expected_revision=self.bundle.revision)
-            self.ledger = open_ledger(cfg.ledger_url)
+            self.ledger = connect_ledger(cfg.ledger_url, token=cfg.ledger_token)
             self.engine = Engine(
                 evaluator,
                 self.ledger,
@@ -154,6 +170,14 @@ class Stack:
                 host = cfg.addr.rsplit(":", 1)[0]
                 self.gateway_server, self.gateway_port = create_gateway_server(f"{host}:0", service)
                 self.gateway_server.start()
+            if cfg.integrity_check_s > 0 and isinstance(self.ledger, SqlLedger):
+                restriction = self.engine.restriction
+                self.monitor = IntegrityMonitor(
+                    self.ledger,
+                    every_s=cfg.integrity_check_s,
+                    on_failure=lambda e: restriction.enter(str(e)),
+                )
+                self.monitor.start()
             if cfg.sweep_interval_s > 0:
                 self._sweeper = threading.Thread(
                     target=self._sweep_loop, name="l7-sweeper", daemon=True
@@ -178,6 +202,9 @@ class Stack:
 
     def stop(self) -> None:
         self._stop_sweeper.set()
+        if self.monitor is not None:
+            self.monitor.stop()
+            self.monitor = None
         if self._sweeper is not None:
             self._sweeper.join(timeout=10)
             self._sweeper = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -21,7 +22,7 @@ from l7.cli.ledger_cmds import add_ledger_commands
 from l7.engine.state import fold_decision
 from l7.errors import ConfigError, L7Error, RequestInvalid
 from l7.identity import TokenVerifier
-from l7.stack import REPO_ROOT, Stack, StackConfig
+from l7.stack import REPO_ROOT, Stack, StackConfig, connect_ledger
 from ledger import LedgerError, open_ledger
 
 __all__ = ["main"]
@@ -82,7 +83,6 @@ def _verifier(a: argparse.Namespace) -> TokenVerifier | None:
 
 def _bao(a: argparse.Namespace) -> Any:
     """An hvac client for --bao-addr with the token from --bao-token-file or $BAO_TOKEN."""
-    import os
 
     import hvac
 
@@ -112,6 +112,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
             verifier=_verifier(a),
             secret_store=BaoSecretStore(bao) if bao else None,
             envelope=Envelope(bao, a.transit_key) if bao and a.transit_key else None,
+            ledger_token=os.environ.get("L7_LEDGER_TOKEN"),
+            integrity_check_s=a.integrity_every_s,
         )
     )
     stack.start()
@@ -208,7 +210,11 @@ def cmd_gateway_serve(a: argparse.Namespace) -> int:
 
     keys = {kid_of(k): k for k in (load_grant_public_key(Path(p)) for p in a.grant_public_key)}
     bao = _bao(a)
-    led = open_ledger(a.ledger, create=False)
+    led = (
+        connect_ledger(a.ledger, token=os.environ.get("L7_LEDGER_TOKEN"))
+        if a.ledger.startswith("grpc://")
+        else open_ledger(a.ledger, create=False)
+    )
     server, port = create_gateway_server(
         a.addr,
         GatewayService(
@@ -284,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--subject-claim", default="sub", help="token claim naming the identity")
     bao_flags(sp)
     sp.add_argument("--transit-key", help="OpenBao transit key for envelope fields")
+    sp.add_argument(
+        "--integrity-every-s", type=float, default=300.0, help="re-verify the ledger (0: off)"
+    )
     ledger_flag(sp)
     sp.set_defaults(fn=cmd_serve)
 
