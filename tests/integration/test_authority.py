@@ -129,7 +129,9 @@ def _verifier(bao: OpenBaoDev, cache_ttl_s: float = 300) -> JwtVerifier:
     )
 
 
-def _world(bao: OpenBaoDev, tmp_path: Path, cache_ttl_s: float = 300) -> Iterator[World]:
+def _world(
+    bao: OpenBaoDev, tmp_path: Path, cache_ttl_s: float = 300, **extra: Any
+) -> Iterator[World]:
     clock = Clock()
     cfg = StackConfig(
         ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite'}",
@@ -138,6 +140,7 @@ def _world(bao: OpenBaoDev, tmp_path: Path, cache_ttl_s: float = 300) -> Iterato
         verifier=_verifier(bao, cache_ttl_s),
         gateway=True,
         sweep_interval_s=0,
+        **extra,
     )
     with Stack(cfg) as stack:
         w = World(bao, stack, clock)
