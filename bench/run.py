@@ -127,8 +127,10 @@ def bench_decide(n: int, work: Path) -> dict[str, Any]:
     }
 
 
-def bench_append(total: int, work: Path, batch: int = 100, writers: int = 4) -> dict[str, float]:
-    led = open_ledger(f"sqlite:///{work / 'append.sqlite'}")
+def bench_append(
+    total: int, work: Path, batch: int = 100, writers: int = 4, url: str | None = None
+) -> dict[str, float]:
+    led = open_ledger(url or f"sqlite:///{work / 'append.sqlite'}")
     per_writer = total // (batch * writers)
 
     def writer(w: int) -> None:
@@ -150,10 +152,9 @@ def bench_append(total: int, work: Path, batch: int = 100, writers: int = 4) -> 
     return {"events": n, "batch": batch, "writers": writers, "per_s": n / wall}
 
 
-def bench_verify(events: int, work: Path) -> dict[str, float]:
-    path = work / "verify.sqlite"
-    led = open_ledger(f"sqlite:///{path}")
-    prog = Progress("  filling ledger for verify")
+def bench_verify(events: int, work: Path, url: str | None = None) -> dict[str, float]:
+    led = open_ledger(url or f"sqlite:///{work / f'verify-{events}.sqlite'}")
+    prog = Progress(f"  filling ledger with {events:,} events for verify")
     batch, done = 500, 0
     while done < events:
         led.append(
@@ -177,11 +178,35 @@ def bench_verify(events: int, work: Path) -> dict[str, float]:
     return {"events": report.events, "per_s": report.events / wall, "seconds": wall}
 
 
+def bench_postgres(append_events: int, verify_events: int, work: Path) -> dict[str, Any]:
+    """The same ledger runs on a throwaway PostgreSQL cluster (tests/ledger/postgres.py),
+    with fsync and synchronous_commit ON so the numbers are durable ones."""
+    from tests.ledger.postgres import PostgresCluster
+
+    cluster = PostgresCluster().start()
+    try:
+        cluster.sql("ALTER SYSTEM SET fsync = on")
+        cluster.sql("ALTER SYSTEM SET synchronous_commit = on")
+        cluster.sql("ALTER SYSTEM SET full_page_writes = on")
+        cluster.sql("SELECT pg_reload_conf()")
+        db1, db2 = cluster.create_database(), cluster.create_database()
+        append = bench_append(append_events, work, url=cluster.url(db1))
+        verify = bench_verify(verify_events, work, url=cluster.url(db2))
+    finally:
+        cluster.stop()
+        cluster.remove()
+    return {"append": append, "verify": verify}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(prog="make bench")
     ap.add_argument("--requests", type=int, default=2000, help="requests per latency run")
     ap.add_argument("--append-events", type=int, default=100_000)
     ap.add_argument("--verify-events", type=int, default=100_000)
+    ap.add_argument(
+        "--growth", default="10000,100000,1000000", help="SQLite verify sizes (comma list)"
+    )
+    ap.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL rows")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="l7-bench-") as tmp:
         work = Path(tmp)
@@ -191,6 +216,11 @@ def main() -> int:
         append = bench_append(a.append_events, work)
         print("bench: ledger verify", file=sys.stderr)
         verify = bench_verify(a.verify_events, work)
+        growth = [bench_verify(int(n), work) for n in a.growth.split(",") if n.strip()]
+        pg: dict[str, Any] = {}
+        if not a.no_postgres:
+            print("bench: PostgreSQL ledger (durable: fsync on)", file=sys.stderr)
+            pg = bench_postgres(a.append_events, a.verify_events, work)
     base = decide["bare_opa"]
     rows = [
         ("bare OPA REST (baseline)", base["per_s"], base["p50_ms"], base["p99_ms"], 1.0),
@@ -222,6 +252,17 @@ def main() -> int:
     print(f"{'ledger append (batch 100, 4 writers)':<38} {append['per_s']:>10,.0f} events/s")
     label = f"ledger verify ({verify['events']:,} events)"
     print(f"{label:<38} {verify['per_s']:>10,.0f} events/s")
+    if pg:
+        print(
+            f"{'PostgreSQL append (batch 100, 4 writers)':<38} {pg['append']['per_s']:>10,.0f} events/s"
+        )
+        v = pg["verify"]
+        print(
+            f"{'PostgreSQL verify (' + format(v['events'], ',') + ' events)':<38} {v['per_s']:>10,.0f} events/s"
+        )
+    print("\nSQLite verify time as the ledger grows:")
+    for g in growth:
+        print(f"  {g['events']:>10,} events  {g['seconds']:>7.2f} s  {g['per_s']:>10,.0f} events/s")
     tput = decide["decide_1"]["per_s"] / base["per_s"]
     print(f"{'throughput ratio Decide(1)/bare':<38} {tput:>10.2f}")
     results = {
@@ -234,6 +275,8 @@ def main() -> int:
         "decide": decide,
         "ledger_append": append,
         "ledger_verify": verify,
+        "ledger_verify_growth_sqlite": growth,
+        "postgres": pg,
         "ratios": {
             "decide_1_p50_over_bare_p50": rows[1][4],
             "decide_8_p50_over_bare_p50": rows[2][4],
