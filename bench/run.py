@@ -253,13 +253,10 @@ def main() -> int:
     label = f"ledger verify ({verify['events']:,} events)"
     print(f"{label:<38} {verify['per_s']:>10,.0f} events/s")
     if pg:
-        print(
-            f"{'PostgreSQL append (batch 100, 4 writers)':<38} {pg['append']['per_s']:>10,.0f} events/s"
-        )
-        v = pg["verify"]
-        print(
-            f"{'PostgreSQL verify (' + format(v['events'], ',') + ' events)':<38} {v['per_s']:>10,.0f} events/s"
-        )
+        pa, v = pg["append"], pg["verify"]
+        print(f"{'PostgreSQL append (batch 100, 4 writers)':<38} {pa['per_s']:>10,.0f} events/s")
+        vlabel = f"PostgreSQL verify ({v['events']:,} events)"
+        print(f"{vlabel:<38} {v['per_s']:>10,.0f} events/s")
     print("\nSQLite verify time as the ledger grows:")
     for g in growth:
         print(f"  {g['events']:>10,} events  {g['seconds']:>7.2f} s  {g['per_s']:>10,.0f} events/s")
