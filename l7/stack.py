@@ -19,6 +19,7 @@ from l7.engine import Clock, Engine
 from l7.engine.authority import AuthorityService
 from l7.engine.breakglass import BreakGlassService
 from l7.engine.engine import _utcnow
+from l7.engine.ledger_guard import FieldGuardedLedger
 from l7.errors import L7Error
 from l7.gateway.grant import (
     DEFAULT_GRANT_TTL_S,
@@ -135,13 +136,16 @@ class Stack:
                 self.opa.start()
                 evaluator = OpaEvaluator(self.opa.url, expected_revision=self.bundle.revision)
             self.ledger = connect_ledger(cfg.ledger_url, token=cfg.ledger_token)
+            guarded = FieldGuardedLedger(self.ledger)
             self.engine = Engine(
                 evaluator,
-                self.ledger,
+                guarded,  # a LedgerClient by delegation
                 clock=cfg.clock,
                 secrets=cfg.secret_store,
                 envelope=cfg.envelope,
             )
+            engine = self.engine
+            guarded.rules = lambda: engine.secrets_config().get("ledger_fields")
             self.authority = AuthorityService(self.engine)
             self.breakglass = BreakGlassService(self.engine)
             key_path = cfg.grant_key or cfg.work_dir / "keys" / "grant.pem"
@@ -162,7 +166,7 @@ class Stack:
             if cfg.gateway:
                 pub = grant_key.public_key()
                 service = GatewayService(
-                    self.ledger,
+                    guarded,
                     GrantVerifier({kid_of(pub): pub}, clock=lambda: cfg.clock().timestamp()),
                     clock=lambda: cfg.clock().timestamp(),
                     secrets=cfg.secret_store,

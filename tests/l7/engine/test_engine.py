@@ -127,3 +127,28 @@ def test_restriction_mode_denies_without_asking_policy_until_an_l4_clears() -> N
     assert engine.decide(request_from_dict(request()))[0].outcome is Outcome.ALLOW
     kinds = [e.payload["kind"] for e in led.get_stream("restriction/ledger")]
     assert kinds == ["restriction_entered", "restriction_cleared"]
+
+
+def test_field_allowlist_guards_every_append() -> None:
+    from ledger import EventType, NewEvent
+
+    from l7.engine.ledger_guard import FieldGuardedLedger
+    from l7.errors import RequestInvalid
+
+    led = MemoryLedger()
+    guard = FieldGuardedLedger(led)
+    rules = {"mode": "refuse", "event_types": {"risk.scored": ["score", "band", "reasons"]}}
+    guard.rules = lambda: rules
+    ok = NewEvent("d", EventType.RISK_SCORED, "a", "r", {"score": 1, "band": "low", "reasons": []})
+    assert len(guard.append([ok])) == 1
+    extra = NewEvent("d", EventType.RISK_SCORED, "a", "r", {"score": 1, "card": "4242"})
+    with pytest.raises(RequestInvalid, match=r"ledger\.risk\.scored\.card"):
+        guard.append([extra])
+    unknown = NewEvent("d", EventType.KEY_REVOKED, "a", "r", {"key_id": "k"})
+    with pytest.raises(RequestInvalid):
+        guard.append([unknown])  # an event type the policy does not list: fail closed
+    assert len(led.events) == 1
+    dropping = {**rules, "mode": "drop"}  # a policy refresh delivers a new object
+    guard.rules = lambda: dropping
+    guard.append([extra])
+    assert dict(led.events[-1].payload) == {"score": 1}
