@@ -152,8 +152,10 @@ def bench_append(
     return {"events": n, "batch": batch, "writers": writers, "per_s": n / wall}
 
 
-def bench_verify(events: int, work: Path, url: str | None = None) -> dict[str, float]:
-    led = open_ledger(url or f"sqlite:///{work / f'verify-{events}.sqlite'}")
+def bench_verify(
+    events: int, work: Path, url: str | None = None, name: str = "verify"
+) -> dict[str, float]:
+    led = open_ledger(url or f"sqlite:///{work / f'{name}-{events}.sqlite'}")
     prog = Progress(f"  filling ledger with {events:,} events for verify")
     batch, done = 500, 0
     while done < events:
@@ -216,7 +218,9 @@ def main() -> int:
         append = bench_append(a.append_events, work)
         print("bench: ledger verify", file=sys.stderr)
         verify = bench_verify(a.verify_events, work)
-        growth = [bench_verify(int(n), work) for n in a.growth.split(",") if n.strip()]
+        growth = [
+            bench_verify(int(n), work, name="growth") for n in a.growth.split(",") if n.strip()
+        ]
         pg: dict[str, Any] = {}
         if not a.no_postgres:
             print("bench: PostgreSQL ledger (durable: fsync on)", file=sys.stderr)

@@ -130,10 +130,9 @@ def test_restriction_mode_denies_without_asking_policy_until_an_l4_clears() -> N
 
 
 def test_field_allowlist_guards_every_append() -> None:
-    from ledger import EventType, NewEvent
-
     from l7.engine.ledger_guard import FieldGuardedLedger
     from l7.errors import RequestInvalid
+    from ledger import EventType, NewEvent
 
     led = MemoryLedger()
     guard = FieldGuardedLedger(led)
