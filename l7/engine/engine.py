@@ -19,6 +19,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from l7.crypto import canonical, sha256_hex
 from l7.domain import Decision, DecisionId, DecisionRequest, Judgement
 from l7.engine.events import decision_events, idempotency_unique_key
 from l7.engine.interface import Clock, PolicyEvaluator
@@ -56,6 +57,15 @@ T = TypeVar("T")
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _payload_digest_only(request: DecisionRequest) -> DecisionRequest:
+    """When policy was not consulted (down, restricted, secrets degraded) the decision is a
+    DENY that will never execute: record what was asked by digest, not by content, so no
+    field policy would have sealed or refused can reach the ledger in clear."""
+    digest = sha256_hex(canonical(dict(request.action.payload)))
+    payload = {"payload_sha256": digest} if request.action.payload else {}
+    return replace(request, action=replace(request.action, payload=payload))
 
 
 def _as_stored(e: NewEvent, c: Confirmation, at: str) -> StoredEvent:
@@ -131,7 +141,9 @@ class Engine:
         try:
             cfg, _ = self.policy.query("l7/config", "secrets", {})
         except PolicyStoreDegraded:
-            return {}
+            # Keep the last configuration policy gave (envelope fields, allowlist); with
+            # none yet, the strictest reading. Decisions are denied meanwhile anyway.
+            return self._secrets_cfg[1] if self._secrets_cfg else {}
         cfg = cfg if isinstance(cfg, dict) else {}
         self._secrets_cfg = (now, cfg)
         return cfg
@@ -206,6 +218,8 @@ class Engine:
         now = self.clock()
         created_at = now.isoformat().replace("+00:00", "Z")
         judgement, reason_code, reasons = self._judge(decision_id, request)
+        if judgement is None:
+            request = _payload_digest_only(request)
         events = decision_events(
             decision_id,
             request,

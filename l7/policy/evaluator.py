@@ -45,18 +45,7 @@ class OpaEvaluator:
         )
 
     def evaluate(self, policy_input: Mapping[str, Any]) -> Judgement:
-        try:
-            raw = self._client.query_rule(
-                dict(policy_input), ENTRYPOINT[0], ENTRYPOINT[1], {"provenance": True}
-            )
-        except requests.RequestException as e:
-            raise PolicyStoreDegraded(
-                f"OPA at {self.url} did not answer ({type(e).__name__}); "
-                "check that it is running and has an active bundle"
-            ) from e
-        except ValueError as e:  # body was not JSON
-            raise PolicyStoreDegraded(f"OPA at {self.url} answered with invalid JSON") from e
-        judgement = parse_judgement(raw)
+        judgement = parse_judgement(self._ask(ENTRYPOINT[0], ENTRYPOINT[1], policy_input))
         if self.expected_revision and judgement.policy_version != self.expected_revision:
             raise PolicyStoreDegraded(
                 f"OPA serves bundle revision {judgement.policy_version}, but the lock pins "
@@ -66,15 +55,7 @@ class OpaEvaluator:
 
     def query(self, package: str, rule: str, policy_input: Mapping[str, Any]) -> tuple[Any, str]:
         """Any other rule of the active bundle, with the revision that answered."""
-        try:
-            raw = self._client.query_rule(dict(policy_input), package, rule, {"provenance": True})
-        except requests.RequestException as e:
-            raise PolicyStoreDegraded(
-                f"OPA at {self.url} did not answer ({type(e).__name__}); "
-                "check that it is running and has an active bundle"
-            ) from e
-        except ValueError as e:
-            raise PolicyStoreDegraded(f"OPA at {self.url} answered with invalid JSON") from e
+        raw = self._ask(package, rule, policy_input)
         revision = _revision(raw)
         if self.expected_revision and revision != self.expected_revision:
             raise PolicyStoreDegraded(
@@ -83,6 +64,19 @@ class OpaEvaluator:
         if "result" not in raw:
             raise PolicyStoreDegraded(f"data.{package.replace('/', '.')}.{rule} is undefined")
         return raw["result"], revision
+
+    def _ask(self, package: str, rule: str, policy_input: Mapping[str, Any]) -> Any:
+        """One REST query with provenance; OPA's and the transport's errors become
+        PolicyStoreDegraded here and only here."""
+        try:
+            return self._client.query_rule(dict(policy_input), package, rule, {"provenance": True})
+        except requests.RequestException as e:
+            raise PolicyStoreDegraded(
+                f"OPA at {self.url} did not answer ({type(e).__name__}); "
+                "check that it is running and has an active bundle"
+            ) from e
+        except ValueError as e:  # body was not JSON
+            raise PolicyStoreDegraded(f"OPA at {self.url} answered with invalid JSON") from e
 
     def close(self) -> None:
         self._client.close_connection()

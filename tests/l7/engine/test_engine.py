@@ -151,3 +151,13 @@ def test_field_allowlist_guards_every_append() -> None:
     guard.rules = lambda: dropping
     guard.append([extra])
     assert dict(led.events[-1].payload) == {"score": 1}
+
+
+def test_when_policy_is_not_consulted_the_payload_is_recorded_by_digest_only() -> None:
+    engine, policy, led = make()
+    policy.down = True
+    d, _ = engine.decide(request_from_dict(request(payload={"customer_note": "call me back"})))
+    assert d.reason_code == "policy_store_degraded"
+    recorded = led.events[0].payload["request"]["action"]["payload"]
+    assert set(recorded) == {"payload_sha256"}
+    assert "call me back" not in str([e.payload for e in led.events])
