@@ -212,12 +212,18 @@ def access_for(reader: Reader, rpc: str, reason: str | None) -> ReadMode:
 def access_event(
     reader: Reader, mode: ReadMode, rpc: str, what: Mapping[str, Any], reason: str
 ) -> NewEvent:
-    """The ``ledger.accessed`` event recording a raw read: who, what, why (time is ``at``)."""
+    """The event recording a raw read: who, what, why (time is ``at``). Break-glass reads
+    are ``ledger.accessed.breakglass``, routine raw reads ``ledger.accessed``."""
     if not mode.recorded:
         raise ValueError(f"a {mode.value} read is not recorded")
+    kind = (
+        EventType.LEDGER_ACCESSED_BREAKGLASS
+        if mode is ReadMode.BREAKGLASS
+        else EventType.LEDGER_ACCESSED
+    )
     return NewEvent(
         decision_id=ACCESS_STREAM_PREFIX + reader.subject,
-        event_type=EventType.LEDGER_ACCESSED,
+        event_type=kind,
         actor=reader.subject,
         policy_version="",
         payload={

@@ -70,6 +70,8 @@ class EventType(str, Enum):
     KEY_REGISTERED = "key.registered"
     KEY_REVOKED = "key.revoked"
     LEDGER_ACCESSED = "ledger.accessed"
+    LEDGER_ACCESSED_BREAKGLASS = "ledger.accessed.breakglass"
+    """A raw read made under break-glass: its own type, so it is never lost among routine reads."""
     ANOMALY_DETECTED = "anomaly.detected"
 
 
