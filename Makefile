@@ -24,7 +24,8 @@ help: ## Show this help
 	@echo "  make run     set up, then serve the Decide API (OPA + SQLite ledger + gRPC)"
 	@echo "  make test    set up, then opa test --coverage, lint, unit and integration tests"
 	@echo
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sed -e 's/$$(OPA_VERSION)/$(OPA_VERSION)/' -e 's/$$(ENV)/$(ENV)/' \
+		| awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: venv opa stubs ## Install everything: .venv (pinned deps, OpenBao), OPA $(OPA_VERSION) in .tools, gRPC stubs
 
@@ -71,7 +72,7 @@ postgres: ## Install PostgreSQL server binaries (apt) unless /usr/lib/postgresql
 run: setup ## Set up, build the $(ENV) bundle and serve Decide on 127.0.0.1:50051 (Ctrl-C stops)
 	$(VENV)/bin/l7 serve --env $(ENV) --addr 127.0.0.1:$${L7_PORT:-50051}
 
-demo: setup ## Set up and walk the scenario: allow, deny, queue, OPA down, ledger verify
+demo: setup ## Set up and walk the scenario: allow, deny, queue -> approve, gateway, OPA down, verify
 	$(VENV)/bin/l7 demo
 
 opa-test: opa ## Rego: fmt, check --strict, and tests with coverage (fails below 90%)
