@@ -163,7 +163,7 @@ class AuthorityService:
         d = self.engine.get_decision(decision_id)
         if d.status is not Status.PENDING_AUTHORITY:
             return self.track(d)
-        st, actor, version = d.authority_state, d.request.context.actor.id, d.policy_version
+        st, version = d.authority_state, d.policy_version
         events: list[NewEvent] = []
         if now >= st.expires_at:
             events.append(
@@ -208,7 +208,6 @@ class AuthorityService:
                     )
                 )
                 clauses = raised
-            del actor
         if events:
             self._append(events)
             d = self.engine.get_decision(decision_id)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from l7.domain import Clause, Decision, DecisionRequest, Judgement, Outcome, Status
+from l7.domain import Clause, DecisionRequest, Judgement, Outcome, Status
 from ledger import EventType, NewEvent
 
 __all__ = [
@@ -169,8 +169,3 @@ def evaluation_events(
 
 def clauses_json(clauses: Iterable[Clause]) -> list[dict[str, object]]:
     return [{"id": c.id, "min_level": c.min_level, "count": c.count} for c in clauses]
-
-
-def summary(decision: Decision) -> str:
-    """One line for logs and the demo."""
-    return f"{decision.decision_id} {decision.outcome.value} ({decision.status.value})"
