@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from l7.cli.authority import add_authority_commands
+from l7.cli.certs import add_certs_commands
 from l7.cli.ledger_cmds import add_ledger_commands
 from l7.engine.state import fold_decision
 from l7.errors import ConfigError, L7Error, RequestInvalid
@@ -323,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         b.set_defaults(fn=cmd_bundle)
 
     add_authority_commands(sub, DEFAULT_ADDR)
+    add_certs_commands(sub)
 
     sp = sub.add_parser("gateway", help="the execution gateway (Boundary B)")
     gsub = sp.add_subparsers(dest="gateway_cmd", required=True, metavar="SUBCOMMAND")
