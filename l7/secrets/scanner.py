@@ -336,7 +336,13 @@ class _Walker:
             if h.kind not in seen:
                 seen.add(h.kind)
                 self._emit(Finding(path, h.kind))
-        return _replace(text, hits) if hits else text
+        if not hits:
+            return text
+        if field is not None and is_secret_name(field):
+            # In a secret-named field nothing of the value is kept: a partial redaction
+            # (a connection string minus its password) could still be the secret's shape.
+            return f"[redacted:{hits[0].kind.value}]"
+        return _replace(text, hits)
 
     def _mapping(self, d: Mapping[Any, Any], path: str, depth: int) -> Any:
         whole = _is_gcp_account(d)
