@@ -31,13 +31,13 @@ from l7.gateway.grant import (
 from l7.gateway.server import create_gateway_server
 from l7.gateway.service import GatewayService
 from l7.identity import TokenVerifier
-from l7.policy.bundle import BuiltBundle, verify_lock
+from l7.policy.bundle import DEFAULT_SIGNING_KEY, BuiltBundle, activate, verify_built, verify_lock
 from l7.policy.evaluator import OpaEvaluator
 from l7.policy.opa_process import OpaProcess, find_opa
 from l7.secrets.envelope import Envelope
 from l7.secrets.interface import SecretStore
 from l7.server.app import create_server
-from ledger import LedgerClient, SqlLedger, open_ledger
+from ledger import EventType, LedgerClient, NewEvent, SqlLedger, open_ledger
 from ledger.checkpointer import IntegrityMonitor
 from ledger.remote import RemoteLedger
 
@@ -76,6 +76,11 @@ class StackConfig:
     """Bearer token (role writer) for a ledger reached over gRPC (ledger_url grpc://...)."""
     integrity_check_s: float = 0.0
     """Re-verify the ledger this often (0: never); a failure enters restriction mode."""
+    bundle_signing_key: Path | None = None
+    """ES256 key signing the locked bundle (created if missing);
+    default <work_dir>/keys/bundle-signing.pem."""
+    allow_rollback: bool = False
+    """Activate a bundle revision older than the newest ever activated (--allow-rollback)."""
 
 
 def connect_ledger(url: str, *, token: str | None = None) -> LedgerClient:
@@ -91,6 +96,8 @@ class Stack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
         self.bundle: BuiltBundle | None = None
+        self.activation: dict[str, object] | None = None
+        """The policy.activated payload (None: this revision was already active)."""
         self.opa: OpaProcess | None = None
         self.ledger: LedgerClient | None = None
         self.engine: Engine | None = None
@@ -127,15 +134,43 @@ class Stack:
                     repo_root=cfg.repo_root,
                     out_dir=cfg.work_dir / "bundles",
                     opa_bin=opa_bin,
+                    signing_key=cfg.bundle_signing_key or cfg.work_dir / DEFAULT_SIGNING_KEY,
                 )
                 logs = cfg.work_dir / "logs"
                 logs.mkdir(parents=True, exist_ok=True)
+                verify_built(self.bundle)  # the file OPA is about to load is the one we signed
                 self.opa = OpaProcess(
-                    self.bundle.path, opa_bin=opa_bin, log_path=logs / f"opa-{cfg.env}.log"
+                    self.bundle.path,
+                    opa_bin=opa_bin,
+                    log_path=logs / f"opa-{cfg.env}.log",
+                    signer=self.bundle.signer,
+                    scope=self.bundle.scope,
                 )
                 self.opa.start()
+                # Recorded only once OPA has accepted the signature; an unflagged rollback
+                # raises here and the except below stops OPA before anything was judged.
+                self.activation = activate(
+                    cfg.env,
+                    self.bundle,
+                    work_dir=cfg.work_dir,
+                    # local is a developer's own loop (edit, revert, serve again)
+                    allow_rollback=cfg.allow_rollback or cfg.env == "local",
+                )
                 evaluator = OpaEvaluator(self.opa.url, expected_revision=self.bundle.revision)
             self.ledger = connect_ledger(cfg.ledger_url, token=cfg.ledger_token)
+            if self.activation is not None:
+                # Every activation (and any rollback) of a signed revision is on the record.
+                self.ledger.append(
+                    [
+                        NewEvent(
+                            f"policy/{cfg.env}",
+                            EventType.POLICY_ACTIVATED,
+                            "l7-engine",
+                            str(self.activation.get("revision", "")),
+                            dict(self.activation),
+                        )
+                    ]
+                )
             guarded = FieldGuardedLedger(self.ledger)
             self.engine = Engine(
                 evaluator,

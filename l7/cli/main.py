@@ -180,20 +180,48 @@ def cmd_decision_show(a: argparse.Namespace) -> int:
 
 
 def cmd_bundle(a: argparse.Namespace) -> int:
-    from l7.policy.bundle import build_bundle, verify_lock, write_lock
+    from l7.policy.bundle import (
+        DEFAULT_SIGNING_KEY,
+        build_bundle,
+        promote,
+        verify_lock,
+        write_lock,
+    )
     from l7.policy.opa_process import find_opa
 
     opa_bin = find_opa(a.opa_bin)
-    out_dir = REPO_ROOT / ".build" / "bundles"
+    work_dir = REPO_ROOT / ".build"
+    out_dir = work_dir / "bundles"
+    key = Path(a.signing_key) if a.signing_key else work_dir / DEFAULT_SIGNING_KEY
+    if a.bundle_cmd == "promote":
+        built, summary = promote(
+            a.from_env,
+            a.to_env,
+            repo_root=REPO_ROOT,
+            out_dir=out_dir,
+            opa_bin=opa_bin,
+            signing_key=key,
+        )
+        print("\n".join(summary))
+        print(f"{a.to_env}: lock updated; review 'git diff bundles/{a.to_env}.lock.json'")
+        return 0
     envs = a.env or sorted(p.name for p in (REPO_ROOT / "bundles").iterdir() if p.is_dir())
     for env in envs:
         if a.bundle_cmd == "build":
-            built = build_bundle(env, repo_root=REPO_ROOT, out_dir=out_dir, opa_bin=opa_bin)
-            write_lock(built, REPO_ROOT)
-            print(f"{env}: revision {built.revision} -> {built.path} (lock updated)")
+            built = build_bundle(
+                env, repo_root=REPO_ROOT, out_dir=out_dir, opa_bin=opa_bin, signing_key=key
+            )
+            write_lock(built, REPO_ROOT, pin_signer=a.pin_signer)
+            kid = built.signer.kid if built.signer else "unsigned"
+            print(
+                f"{env}: revision {built.revision} signed by {kid} -> {built.path} (lock updated)"
+            )
         else:
-            built = verify_lock(env, repo_root=REPO_ROOT, out_dir=out_dir, opa_bin=opa_bin)
-            print(f"{env}: lock matches, revision {built.revision}")
+            built = verify_lock(
+                env, repo_root=REPO_ROOT, out_dir=out_dir, opa_bin=opa_bin, signing_key=key
+            )
+            kid = built.signer.kid if built.signer else "unsigned"
+            print(f"{env}: lock matches, revision {built.revision}, signature by {kid} verified")
     return 0
 
 
@@ -315,13 +343,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ledger_commands(sub, ledger_flag)
 
-    sp = sub.add_parser("bundle", help="build or verify policy bundles and their locks")
+    sp = sub.add_parser("bundle", help="build, verify or promote signed policy bundles")
     bsub = sp.add_subparsers(dest="bundle_cmd", required=True, metavar="SUBCOMMAND")
-    for name, text in (("build", "build and update the lock"), ("verify", "rebuild, check lock")):
+    key_help = "ES256 private key PEM (default .build/keys/bundle-signing.pem, created if missing)"
+    for name, text in (
+        ("build", "build, sign and update the lock"),
+        ("verify", "rebuild, check the lock and the signature"),
+    ):
         b = bsub.add_parser(name, help=text)
         b.add_argument("--env", action="append", help="environment (repeatable; default all)")
         b.add_argument("--opa-bin", help="OPA binary (default .tools/opa)")
+        b.add_argument("--signing-key", help=key_help)
+        if name == "build":
+            b.add_argument(
+                "--pin-signer",
+                action="store_true",
+                help="also pin this signing key's public key in the lock (only it may sign)",
+            )
         b.set_defaults(fn=cmd_bundle)
+    b = bsub.add_parser("promote", help="pin one environment's reviewed policy in another's lock")
+    b.add_argument("--from", dest="from_env", required=True, help="environment to promote from")
+    b.add_argument("--to", dest="to_env", required=True, help="environment whose lock to write")
+    b.add_argument("--opa-bin", help="OPA binary (default .tools/opa)")
+    b.add_argument("--signing-key", help=key_help)
+    b.set_defaults(fn=cmd_bundle)
 
     add_authority_commands(sub, DEFAULT_ADDR)
     add_certs_commands(sub)

@@ -21,39 +21,89 @@ mtimes), so ``bundle_sha256`` is pinned too.
 
 The lock ``bundles/<env>.lock.json`` records env, revision, bundle_sha256, the
 per-file digests and the OPA version. ``verify_lock`` rebuilds and raises
-``BundleError`` naming every difference. ``signing`` is ``null`` for now: the
-hook for ``opa build --signing-key`` is the lock's ``signing`` field, and a lock
-that carries a value we do not yet understand is refused (fail closed).
+``BundleError`` naming every difference.
+
+**Signing.** With a signing key, the same staged content is built a second time
+with ``opa build --signing-key <ES256 PEM> --signing-alg ES256
+--verification-key-id <kid> --claims-file {"keyid": kid, "scope": "l7/<env>"}``
+(``opa build`` has no ``--signing-key-id``; ``--verification-key-id`` is what
+sets the JWS ``kid``). An ECDSA signature is randomised, so the signed tarball is
+not reproducible: the lock pins the revision and ``bundle_sha256`` of the
+*unsigned* build (reproducible on every machine), and the built, signed tarball
+is stored under its own digest, ``<out>/<sha256>.tar.gz``. After building we
+check with our own code (``l7.policy.signing``) that the signature verifies and
+that the signed tarball holds exactly the unsigned tarball's files.
+
+The lock's ``signing`` object is the signing *policy* for the environment:
+``{"alg": "ES256", "scope": "l7/<env>", "signers": [{"kid", "public_key"}...]}``.
+An empty ``signers`` list trusts the deployment's own key (created on first use
+under ``.build/keys/bundle-signing.pem``; private keys are never committed); a
+non-empty list pins the only keys allowed to sign that environment's bundles
+(e.g. a CI key), and ``verify_lock`` refuses any other signer. A lock without a
+signing policy (``null``) is refused: fail closed.
+
+**Activation and rollback.** ``activate`` appends every newly activated
+revision to ``.build/activations/<env>.json``; activating a revision that was
+activated before but is not the newest one ever activated is a rollback and is
+refused unless ``allow_rollback=True`` (``--allow-rollback``).
+``activation_record`` is the ``policy.activated`` ledger payload.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import tarfile
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from l7.errors import BundleError
+from l7.policy.signing import (
+    SIGNATURES_FILE,
+    SIGNING_ALG,
+    Signer,
+    bundle_scope,
+    key_id,
+    load_or_create_signing_key,
+    load_public_key,
+    verify_bundle_signature,
+)
 
 __all__ = [
+    "DEFAULT_SIGNING_KEY",
     "REVISION_TAG",
+    "Activation",
     "BuiltBundle",
     "BundleLock",
+    "SigningPolicy",
+    "activate",
+    "activation_record",
+    "activations_path",
     "build_bundle",
     "compute_revision",
+    "is_rollback",
     "lock_path",
+    "promote",
+    "read_activations",
     "read_lock",
+    "verify_built",
     "verify_lock",
     "write_lock",
 ]
+
+DEFAULT_SIGNING_KEY = Path("keys") / "bundle-signing.pem"
+"""Relative to the work dir (``.build``): the deployment's bundle-signing key."""
 
 REVISION_TAG = "l7-bundle-revision/v1"
 _ROOTS = ("l7",)
@@ -74,6 +124,27 @@ class BuiltBundle:
     bundle_sha256: str
     files: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     opa_version: str | None = None
+    signer: Signer | None = None
+    """Who signed ``path`` (None: an unsigned build, which OPA with a key refuses)."""
+    digest: str = ""
+    """sha256 of the tarball at ``path`` (its name); equals ``bundle_sha256`` if unsigned."""
+
+    @property
+    def scope(self) -> str:
+        return bundle_scope(self.env)
+
+
+@dataclass(frozen=True)
+class SigningPolicy:
+    """How an environment's bundles must be signed (the lock's ``signing`` object)."""
+
+    alg: str
+    scope: str
+    signers: tuple[Signer, ...] = ()
+    """Pinned signer keys; empty trusts the deployment's own key."""
+
+    def allows(self, signer: Signer) -> bool:
+        return not self.signers or any(s.kid == signer.kid for s in self.signers)
 
 
 @dataclass(frozen=True)
@@ -85,8 +156,7 @@ class BundleLock:
     bundle_sha256: str
     files: Mapping[str, str]
     opa_version: str | None = None
-    # Hook for signed bundles: stays None until signing lands (see module docstring).
-    signing: None = None
+    signing: SigningPolicy | None = None
 
 
 def _sha256_file(path: Path) -> str:
@@ -171,12 +241,54 @@ def _check_opa(opa_bin: Path) -> None:
         )
 
 
-def build_bundle(env: str, *, repo_root: Path, out_dir: Path, opa_bin: Path) -> BuiltBundle:
-    """Stage, hash and ``opa build`` the bundle for ``env`` into ``out_dir``."""
+def _opa_build(opa_bin: Path, env: str, staging: Path, out: Path, args: Sequence[str]) -> None:
+    cmd = [str(opa_bin), "build", "-b", ".", "-o", str(out), *args]
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=staging,
+            capture_output=True,
+            text=True,
+            timeout=_OPA_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BundleError(f"could not run {opa_bin} build for env {env!r}: {e}") from e
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip()
+        raise BundleError(
+            f"opa build failed for env {env!r} (exit {proc.returncode}); "
+            f"fix the policy and rebuild:\n{detail}"
+        )
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    with tarfile.open(path, "r:gz") as tar:
+        for m in tar:
+            f = tar.extractfile(m) if m.isfile() else None
+            if f is not None:
+                out[m.name.lstrip("/")] = f.read()
+    return out
+
+
+def build_bundle(
+    env: str,
+    *,
+    repo_root: Path,
+    out_dir: Path,
+    opa_bin: Path,
+    signing_key: Path | None = None,
+) -> BuiltBundle:
+    """Stage, hash and ``opa build`` the bundle for ``env`` into ``out_dir``.
+
+    With ``signing_key`` (an ES256 PEM, created 0600 if missing) the stored bundle
+    is signed; without it, it is the unsigned reproducible build."""
     _check_env(env)
     _check_opa(opa_bin)
     sources = _sources(env, repo_root)
     out_dir.mkdir(parents=True, exist_ok=True)
+    signer: Signer | None = None
     with tempfile.TemporaryDirectory(prefix=f"l7-bundle-{env}-") as tmp:
         staging = Path(tmp) / "bundle"
         files: dict[str, str] = {}
@@ -188,31 +300,48 @@ def build_bundle(env: str, *, repo_root: Path, out_dir: Path, opa_bin: Path) -> 
         revision = compute_revision(files)
         (staging / ".manifest").write_text(json.dumps({"roots": list(_ROOTS)}) + "\n")
 
-        final = out_dir / f"{env}-{revision[:12]}.tar.gz"
-        partial = Path(tmp) / final.name
-        cmd = [str(opa_bin), "build", "-b", ".", "-o", str(partial), "--revision", revision]
-        try:
-            proc = subprocess.run(
-                cmd,
-                cwd=staging,
-                capture_output=True,
-                text=True,
-                timeout=_OPA_TIMEOUT_S,
-                check=False,
+        unsigned = Path(tmp) / "unsigned.tar.gz"
+        _opa_build(opa_bin, env, staging, unsigned, ["--revision", revision])
+        bundle_sha256 = _sha256_file(unsigned)
+        product = unsigned
+        if signing_key is not None:
+            _, signer = load_or_create_signing_key(signing_key)
+            claims = Path(tmp) / "claims.json"
+            claims.write_text(json.dumps({"keyid": signer.kid, "scope": bundle_scope(env)}))
+            product = Path(tmp) / "signed.tar.gz"
+            _opa_build(
+                opa_bin,
+                env,
+                staging,
+                product,
+                [
+                    "--revision",
+                    revision,
+                    "--signing-key",
+                    str(signing_key),
+                    "--signing-alg",
+                    SIGNING_ALG,
+                    "--verification-key-id",
+                    signer.kid,
+                    "--claims-file",
+                    str(claims),
+                ],
             )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise BundleError(f"could not run {opa_bin} build for env {env!r}: {e}") from e
-        if proc.returncode != 0:
-            detail = (proc.stderr or proc.stdout).strip()
-            raise BundleError(
-                f"opa build failed for env {env!r} (exit {proc.returncode}); "
-                f"fix the policy and rebuild:\n{detail}"
-            )
-        bundle_sha256 = _sha256_file(partial)
-        # Move into place atomically: concurrent builders never see half a tarball.
-        tmp_final = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        shutil.copyfile(partial, tmp_final)
-        os.replace(tmp_final, final)
+            verify_bundle_signature(product, {signer.kid: signer}, scope=bundle_scope(env))
+            signed_members = _members(product)
+            signed_members.pop(SIGNATURES_FILE, None)
+            if signed_members != _members(unsigned):
+                raise BundleError(
+                    f"the signed bundle for env {env!r} does not hold exactly the content of "
+                    f"the unsigned build {bundle_sha256[:12]}; refusing it"
+                )
+        digest = _sha256_file(product)
+        final = out_dir / f"{digest}.tar.gz"
+        if not (final.is_file() and _sha256_file(final) == digest):
+            # Move into place atomically: concurrent builders never see half a tarball.
+            tmp_final = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+            shutil.copyfile(product, tmp_final)
+            os.replace(tmp_final, final)
     return BuiltBundle(
         env=env,
         revision=revision,
@@ -220,10 +349,41 @@ def build_bundle(env: str, *, repo_root: Path, out_dir: Path, opa_bin: Path) -> 
         bundle_sha256=bundle_sha256,
         files=MappingProxyType(dict(sorted(files.items()))),
         opa_version=_opa_version(opa_bin),
+        signer=signer,
+        digest=digest,
     )
 
 
+def verify_built(built: BuiltBundle, trusted: Sequence[Signer] = ()) -> Signer:
+    """Re-check the signature of the bundle file on disk (e.g. just before OPA loads it).
+
+    ``trusted`` defaults to the signer recorded at build time. Raises ``BundleError``
+    naming the altered file, or if the file is unsigned or not the one built."""
+    keys = {s.kid: s for s in trusted} if trusted else {}
+    if not keys and built.signer is not None:
+        keys = {built.signer.kid: built.signer}
+    if not keys:
+        raise BundleError(f"bundle {built.path} was built unsigned; build it with a signing key")
+    signer, signed = verify_bundle_signature(built.path, keys, scope=built.scope)
+    bundle_files = {p for p in signed if p not in (".manifest", "data.json")}
+    expected = {p for p in built.files if p.endswith(".rego")}
+    if not expected <= bundle_files:
+        missing = ", ".join(sorted(expected - bundle_files))
+        raise BundleError(f"{built.path} lacks policy files it was built from: {missing}")
+    if _sha256_file(built.path) != built.digest:
+        raise BundleError(f"{built.path} changed after it was built (digest {built.digest[:12]})")
+    return signer
+
+
 # -- lock files --------------------------------------------------------------------------
+
+
+def _signing_dict(policy: SigningPolicy) -> dict[str, Any]:
+    return {
+        "alg": policy.alg,
+        "scope": policy.scope,
+        "signers": [{"kid": s.kid, "public_key": s.public_key_pem} for s in policy.signers],
+    }
 
 
 def _lock_dict(lock: BundleLock) -> dict[str, Any]:
@@ -233,20 +393,36 @@ def _lock_dict(lock: BundleLock) -> dict[str, Any]:
         "bundle_sha256": lock.bundle_sha256,
         "files": dict(sorted(lock.files.items())),
         "opa_version": lock.opa_version,
-        "signing": lock.signing,
+        "signing": _signing_dict(lock.signing) if lock.signing else None,
     }
 
 
-def write_lock(built: BuiltBundle, repo_root: Path) -> Path:
-    """Write ``bundles/<env>.lock.json`` for ``built`` (atomically); returns its path."""
+def write_lock(built: BuiltBundle, repo_root: Path, *, pin_signer: bool = False) -> Path:
+    """Write ``bundles/<env>.lock.json`` for ``built`` (atomically); returns its path.
+
+    Signers pinned by the existing lock are kept; ``pin_signer`` adds ``built``'s signer."""
+    path = lock_path(built.env, repo_root)
+    signers: list[Signer] = []
+    if path.is_file():
+        try:
+            old = read_lock(built.env, repo_root)
+        except BundleError:
+            old = None
+        if old is not None and old.signing is not None:
+            signers = list(old.signing.signers)
+    if pin_signer:
+        if built.signer is None:
+            raise BundleError("--pin-signer needs a signed build")
+        if all(s.kid != built.signer.kid for s in signers):
+            signers.append(built.signer)
     lock = BundleLock(
         env=built.env,
         revision=built.revision,
         bundle_sha256=built.bundle_sha256,
         files=built.files,
         opa_version=built.opa_version,
+        signing=SigningPolicy(SIGNING_ALG, bundle_scope(built.env), tuple(signers)),
     )
-    path = lock_path(built.env, repo_root)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(_lock_dict(lock), indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
@@ -258,6 +434,41 @@ def _hex64(obj: Mapping[str, Any], key: str, where: Path) -> str:
     if not isinstance(v, str) or not _HEX64_RE.match(v):
         raise BundleError(f"{where}: {key!r} must be a lowercase sha256 hex digest, got {v!r}")
     return v
+
+
+def _read_signing(raw: Any, env: str, path: Path) -> SigningPolicy:
+    if raw is None:
+        raise BundleError(
+            f"{path}: 'signing' is null: this lock predates signed bundles; "
+            f"run 'l7 bundle build --env {env}' and commit the lock"
+        )
+    if not isinstance(raw, dict) or set(raw) != {"alg", "scope", "signers"}:
+        raise BundleError(
+            f"{path}: 'signing' must be an object with exactly 'alg', 'scope' and 'signers'"
+        )
+    if raw["alg"] != SIGNING_ALG:
+        raise BundleError(f"{path}: signing alg {raw['alg']!r} is not {SIGNING_ALG!r}")
+    if raw["scope"] != bundle_scope(env):
+        raise BundleError(f"{path}: signing scope {raw['scope']!r}, expected {bundle_scope(env)!r}")
+    if not isinstance(raw["signers"], list):
+        raise BundleError(f"{path}: 'signing.signers' must be a list")
+    signers: list[Signer] = []
+    for entry in raw["signers"]:
+        if (
+            not isinstance(entry, dict)
+            or set(entry) != {"kid", "public_key"}
+            or not isinstance(entry["kid"], str)
+            or not isinstance(entry["public_key"], str)
+        ):
+            raise BundleError(f"{path}: each signer must be {{'kid': str, 'public_key': PEM}}")
+        pub = load_public_key(entry["public_key"].encode(), where=f"{path} signer")
+        if key_id(pub) != entry["kid"]:
+            raise BundleError(
+                f"{path}: signer kid {entry['kid']!r} does not name its public key "
+                f"(expected {key_id(pub)!r})"
+            )
+        signers.append(Signer(kid=entry["kid"], public_key_pem=entry["public_key"]))
+    return SigningPolicy(alg=SIGNING_ALG, scope=raw["scope"], signers=tuple(signers))
 
 
 def read_lock(env: str, repo_root: Path) -> BundleLock:
@@ -279,11 +490,7 @@ def read_lock(env: str, repo_root: Path) -> BundleLock:
         raise BundleError(f"{path}: unknown fields {unknown}, missing fields {missing}")
     if raw["env"] != env:
         raise BundleError(f"{path}: env is {raw['env']!r}, expected {env!r}")
-    if raw["signing"] is not None:
-        raise BundleError(
-            f"{path}: 'signing' is set, but this build does not verify bundle signatures yet; "
-            "refusing a lock it cannot check"
-        )
+    signing = _read_signing(raw["signing"], env, path)
     files = raw["files"]
     if not isinstance(files, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and _HEX64_RE.match(v) for k, v in files.items()
@@ -298,24 +505,42 @@ def read_lock(env: str, repo_root: Path) -> BundleLock:
         bundle_sha256=_hex64(raw, "bundle_sha256", path),
         files=MappingProxyType(dict(files)),
         opa_version=opa_version,
+        signing=signing,
     )
 
 
-def verify_lock(env: str, *, repo_root: Path, out_dir: Path, opa_bin: Path) -> BuiltBundle:
-    """Rebuild ``env`` and return it only if it matches the committed lock exactly."""
-    lock = read_lock(env, repo_root)
-    built = build_bundle(env, repo_root=repo_root, out_dir=out_dir, opa_bin=opa_bin)
+def _file_diff(want: Mapping[str, str], got: Mapping[str, str]) -> list[str]:
     problems: list[str] = []
-    for rel in sorted(set(lock.files) | set(built.files)):
-        want, got = lock.files.get(rel), built.files.get(rel)
-        if want == got:
+    for rel in sorted(set(want) | set(got)):
+        w, g = want.get(rel), got.get(rel)
+        if w == g:
             continue
-        if want is None:
+        if w is None:
             problems.append(f"  added:   {rel}")
-        elif got is None:
+        elif g is None:
             problems.append(f"  removed: {rel}")
         else:
-            problems.append(f"  changed: {rel} (lock {want[:12]}, now {got[:12]})")
+            problems.append(f"  changed: {rel} (lock {w[:12]}, now {g[:12]})")
+    return problems
+
+
+def verify_lock(
+    env: str,
+    *,
+    repo_root: Path,
+    out_dir: Path,
+    opa_bin: Path,
+    signing_key: Path | None = None,
+) -> BuiltBundle:
+    """Rebuild ``env`` and return it only if it matches the committed lock exactly.
+
+    With ``signing_key`` the rebuilt bundle is signed, its signature is checked by our
+    own code, and the signer must be allowed by the lock's signing policy."""
+    lock = read_lock(env, repo_root)
+    built = build_bundle(
+        env, repo_root=repo_root, out_dir=out_dir, opa_bin=opa_bin, signing_key=signing_key
+    )
+    problems = _file_diff(lock.files, built.files)
     if built.revision != lock.revision:
         problems.append(f"  revision: expected {lock.revision}, actual {built.revision}")
     if built.bundle_sha256 != lock.bundle_sha256:
@@ -329,4 +554,209 @@ def verify_lock(env: str, *, repo_root: Path, out_dir: Path, opa_bin: Path) -> B
             + "\n".join(problems)
             + f"\nreview the change, then run 'l7 bundle build --env {env}' and commit the lock"
         )
+    if built.signer is not None:
+        assert lock.signing is not None  # read_lock refuses a lock without one
+        if not lock.signing.allows(built.signer):
+            pinned = ", ".join(s.kid for s in lock.signing.signers)
+            raise BundleError(
+                f"bundle for env {env!r} is signed by {built.signer.kid}, but "
+                f"{lock_path(env, repo_root)} pins the signers {pinned}; sign with a pinned key"
+            )
+        verify_built(built, lock.signing.signers or (built.signer,))
     return built
+
+
+def promote(
+    from_env: str,
+    to_env: str,
+    *,
+    repo_root: Path,
+    out_dir: Path,
+    opa_bin: Path,
+    signing_key: Path | None = None,
+) -> tuple[BuiltBundle, list[str]]:
+    """Pin in ``to_env``'s lock the policy that ``from_env``'s lock pins.
+
+    The policy files (everything but ``l7/deployment/data.json``) of the rebuilt
+    ``to_env`` bundle must equal those in ``from_env``'s lock, i.e. the tree must
+    hold exactly the policy reviewed for ``from_env``. Writes the ``to_env`` lock and
+    returns the build and a summary of what changed in it."""
+    if from_env == to_env:
+        raise BundleError("promote --from and --to name the same environment")
+    source = read_lock(from_env, repo_root)
+    built = build_bundle(
+        to_env, repo_root=repo_root, out_dir=out_dir, opa_bin=opa_bin, signing_key=signing_key
+    )
+    policy_want = {k: v for k, v in source.files.items() if k != _DEPLOYMENT_DEST}
+    policy_got = {k: v for k, v in built.files.items() if k != _DEPLOYMENT_DEST}
+    drift = _file_diff(policy_want, policy_got)
+    if drift:
+        raise BundleError(
+            f"the policy in the tree is not the policy {lock_path(from_env, repo_root)} pins "
+            f"(revision {source.revision[:12]}):\n"
+            + "\n".join(drift)
+            + f"\nbuild and review {from_env!r} first, or check out its revision"
+        )
+    try:
+        old: BundleLock | None = read_lock(to_env, repo_root)
+    except BundleError:
+        old = None
+    summary: list[str] = []
+    if old is None:
+        summary.append(f"{to_env}: new lock at revision {built.revision}")
+    elif old.revision == built.revision:
+        summary.append(f"{to_env}: already at revision {built.revision} (no change)")
+    else:
+        summary.append(f"{to_env}: revision {old.revision[:12]} -> {built.revision[:12]}")
+        summary.extend(_file_diff(old.files, built.files))
+    write_lock(built, repo_root)
+    return built, summary
+
+
+# -- activation history (anti-rollback) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One entry of ``.build/activations/<env>.json``."""
+
+    revision: str
+    bundle_sha256: str
+    signer_kid: str | None
+    at: str
+    rollback: bool = False
+
+
+def activations_path(env: str, work_dir: Path) -> Path:
+    return work_dir / "activations" / f"{_check_env(env)}.json"
+
+
+def read_activations(env: str, work_dir: Path) -> tuple[Activation, ...]:
+    """The activation history (oldest first); a damaged file is refused, never reset."""
+    path = activations_path(env, work_dir)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return ()
+    except (OSError, ValueError) as e:
+        raise BundleError(
+            f"{path} is not readable JSON ({e}); it is the anti-rollback record for {env!r}: "
+            "restore it from backup rather than deleting it"
+        ) from e
+    entries = raw.get("activations") if isinstance(raw, dict) else None
+    if not isinstance(raw, dict) or raw.get("env") != env or not isinstance(entries, list):
+        raise BundleError(f"{path}: expected {{'env': {env!r}, 'activations': [...]}}")
+    out: list[Activation] = []
+    for entry in entries:
+        try:
+            kid = entry.get("signer_kid")
+            out.append(
+                Activation(
+                    revision=_hex64(entry, "revision", path),
+                    bundle_sha256=_hex64(entry, "bundle_sha256", path),
+                    signer_kid=kid if isinstance(kid, str) else None,
+                    at=str(entry["at"]),
+                    rollback=bool(entry.get("rollback", False)),
+                )
+            )
+        except (AttributeError, KeyError) as err:
+            raise BundleError(f"{path}: malformed activation entry {entry!r}") from err
+    return tuple(out)
+
+
+def _newest_revision(history: Sequence[Activation]) -> str:
+    """The revision whose first activation came last (the high-water mark)."""
+    first: dict[str, int] = {}
+    for i, a in enumerate(history):
+        first.setdefault(a.revision, i)
+    return max(first, key=lambda r: first[r])
+
+
+def is_rollback(revision: str, history: Sequence[Activation]) -> bool:
+    """Was ``revision`` activated before, yet is not the newest revision ever activated?
+
+    "Newest" is by first appearance in the history; re-activating the newest one
+    (e.g. after a recorded rollback) is not a rollback."""
+    if not any(a.revision == revision for a in history):
+        return False
+    return revision != _newest_revision(history)
+
+
+def activation_record(
+    env: str, built: BuiltBundle, previous: Sequence[Activation]
+) -> dict[str, Any]:
+    """The ``policy.activated`` payload for activating ``built`` after ``previous``."""
+    return {
+        "env": env,
+        "revision": built.revision,
+        "bundle_sha256": built.bundle_sha256,
+        "digest": built.digest,
+        "signer_kid": built.signer.kid if built.signer else None,
+        "previous_revision": previous[-1].revision if previous else None,
+        "rollback": is_rollback(built.revision, previous),
+    }
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def activate(
+    env: str,
+    built: BuiltBundle,
+    *,
+    work_dir: Path,
+    allow_rollback: bool = False,
+    now: datetime | None = None,
+) -> dict[str, Any] | None:
+    """Record that ``built`` is being activated for ``env``; refuse an unflagged rollback.
+
+    Returns the ``policy.activated`` payload to put in the ledger, or ``None`` when
+    ``built``'s revision is already the active one (a restart, nothing to record)."""
+    if env != built.env:
+        raise BundleError(f"bundle for env {built.env!r} cannot be activated for {env!r}")
+    path = activations_path(env, work_dir)
+    with _locked(path):
+        history = read_activations(env, work_dir)
+        if history and history[-1].revision == built.revision:
+            return None
+        record = activation_record(env, built, history)
+        if record["rollback"] and not allow_rollback:
+            newest = _newest_revision(history)
+            raise BundleError(
+                f"activating revision {built.revision[:12]} for {env!r} is a rollback: the "
+                f"newest revision ever activated is {newest[:12]} "
+                f"(see {path}); pass --allow-rollback to do it deliberately",
+                reason="bundle_rollback",
+            )
+        at = (now or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
+        entries = [
+            {
+                "revision": a.revision,
+                "bundle_sha256": a.bundle_sha256,
+                "signer_kid": a.signer_kid,
+                "at": a.at,
+                "rollback": a.rollback,
+            }
+            for a in history
+        ]
+        entries.append(
+            {
+                "revision": built.revision,
+                "bundle_sha256": built.bundle_sha256,
+                "signer_kid": record["signer_kid"],
+                "at": at,
+                "rollback": record["rollback"],
+            }
+        )
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"env": env, "activations": entries}, indent=2) + "\n")
+        os.replace(tmp, path)
+    return record

@@ -252,3 +252,11 @@ def test_raw_proto_with_no_fields_is_invalid_argument(client: GovernanceClient) 
         client.decide_proto(pb.DecideRequest())
     assert ei.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert ei.value.field == "action"
+
+
+def test_the_activated_signed_revision_is_on_the_record(stack: Stack) -> None:
+    assert stack.ledger is not None and stack.bundle is not None
+    (ev,) = stack.ledger.get_stream("policy/local")
+    assert ev.event_type == "policy.activated"
+    assert ev.payload["revision"] == stack.bundle.revision
+    assert ev.payload["signer_kid"].startswith("l7b-")

@@ -61,14 +61,20 @@ def test_engine_and_gateway_work_over_the_ledger_service(
     led.verify()
 
 
-def test_engine_refuses_when_the_ledger_service_token_is_wrong(
+def test_engine_refuses_to_start_when_the_ledger_service_token_is_wrong(
     ledger_service: tuple[str, SqlLedger], tmp_path: Path
 ) -> None:
-    url, _ = ledger_service
+    """The stack records the activated policy revision before it serves; a ledger that will
+    not take its writes means it never serves at all."""
+    from ledger import LedgerError
+
+    url, led = ledger_service
     cfg = StackConfig(ledger_url=url, ledger_token="stolen", work_dir=tmp_path, sweep_interval_s=0)
-    with Stack(cfg) as stack, GovernanceClient(stack.target) as c, pytest.raises(RemoteError) as ei:
-        c.decide(request())
-    assert ei.value.reason == "ledger_degraded"
+    stack = Stack(cfg)
+    with pytest.raises(LedgerError, match="not known to the ledger"):
+        stack.start()
+    assert stack.server is None and stack.opa is None  # everything started was stopped
+    assert led.count() == 0
 
 
 def test_failed_integrity_check_enters_restriction_mode(tmp_path: Path) -> None:

@@ -51,7 +51,8 @@ def test_build_is_deterministic(repo: Path, tmp_path: Path) -> None:
     assert a.revision == b.revision
     assert a.bundle_sha256 == b.bundle_sha256
     assert a.path.read_bytes() == b.path.read_bytes()
-    assert a.path.name == f"local-{a.revision[:12]}.tar.gz"
+    assert a.path.name == f"{a.bundle_sha256}.tar.gz"  # unsigned: hash-addressed
+    assert a.digest == a.bundle_sha256 and a.signer is None
     assert dict(a.files) == dict(b.files)
 
 
@@ -113,7 +114,7 @@ def test_verify_lock_passes_after_write_lock(repo: Path, tmp_path: Path) -> None
     path = write_lock(built, repo)
     assert path == repo / "bundles" / "local.lock.json"
     lock = json.loads(path.read_text())
-    assert lock["signing"] is None
+    assert lock["signing"] == {"alg": "ES256", "scope": "l7/local", "signers": []}
     assert lock["env"] == "local" and lock["revision"] == built.revision
     assert lock["files"] == dict(built.files)
     again = verify_lock("local", repo_root=repo, out_dir=tmp_path / "v", opa_bin=OPA)
@@ -179,8 +180,20 @@ def test_read_lock_is_strict(repo: Path, tmp_path: Path) -> None:
     def broken(**change: object) -> None:
         path.write_text(json.dumps({**good, **change}))
 
+    broken(signing=None)
+    with pytest.raises(BundleError, match="'signing' is null: this lock predates signed"):
+        read_lock("local", repo)
     broken(signing={"keyid": "k"})
-    with pytest.raises(BundleError, match="'signing' is set"):
+    with pytest.raises(BundleError, match="'signing' must be an object with exactly"):
+        read_lock("local", repo)
+    broken(signing={**good["signing"], "alg": "RS256"})
+    with pytest.raises(BundleError, match="signing alg 'RS256' is not 'ES256'"):
+        read_lock("local", repo)
+    broken(signing={**good["signing"], "scope": "l7/production"})
+    with pytest.raises(BundleError, match="signing scope 'l7/production', expected 'l7/local'"):
+        read_lock("local", repo)
+    broken(signing={**good["signing"], "signers": [{"kid": "k", "public_key": "nope"}]})
+    with pytest.raises(BundleError, match="not a PEM public key"):
         read_lock("local", repo)
     broken(approved=True)
     with pytest.raises(BundleError, match=r"unknown fields \['approved'\]"):
