@@ -275,6 +275,7 @@ class AuthorityService:
     def submit(self, identity: Identity, decision_id: str, signed: SignedApproval) -> Decision:
         """Verify and record a signed approval or rejection by ``identity``."""
         verdict = Verdict(signed.payload.verdict)
+        self.engine.rate_limiter.check("approve_per_approver", identity.subject)
         with self._locks.hold(decision_id):
             now = self._now()
             d = self._refresh(decision_id, now)

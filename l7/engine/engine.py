@@ -23,6 +23,7 @@ from l7.crypto import canonical, sha256_hex
 from l7.domain import Decision, DecisionId, DecisionRequest, Judgement
 from l7.engine.events import decision_events, idempotency_unique_key
 from l7.engine.interface import Clock, PolicyEvaluator
+from l7.engine.ratelimit import RateLimiter
 from l7.engine.restriction import Restriction
 from l7.engine.state import fold_decision
 from l7.errors import (
@@ -129,6 +130,8 @@ class Engine:
         self.restriction = Restriction(ledger)
         self._keys = _KeyLocks()
         self._secrets_cfg: tuple[float, Mapping[str, Any]] | None = None
+        self._limits_cfg: tuple[float, Mapping[str, Any]] | None = None
+        self.rate_limiter = RateLimiter(self.rate_limits)
 
     # -- Decide --------------------------------------------------------------------------
 
@@ -146,6 +149,20 @@ class Engine:
             return self._secrets_cfg[1] if self._secrets_cfg else {}
         cfg = cfg if isinstance(cfg, dict) else {}
         self._secrets_cfg = (now, cfg)
+        return cfg
+
+    def rate_limits(self) -> Mapping[str, Any]:
+        """Policy's ``data.l7.config.rate_limits``, re-read at most once a minute (the last
+        good value is kept while OPA is down)."""
+        now = time.monotonic()
+        if self._limits_cfg and now - self._limits_cfg[0] < 60:
+            return self._limits_cfg[1]
+        try:
+            cfg, _ = self.policy.query("l7/config", "rate_limits", {})
+        except PolicyStoreDegraded:
+            return self._limits_cfg[1] if self._limits_cfg else {}
+        cfg = cfg if isinstance(cfg, dict) else {}
+        self._limits_cfg = (now, cfg)
         return cfg
 
     def _secrets_mode(self) -> str:
@@ -188,6 +205,7 @@ class Engine:
 
     def decide(self, request: DecisionRequest) -> tuple[Decision, bool]:
         """Judge ``request``; returns (decision, replayed)."""
+        self.rate_limiter.check("decide_per_actor", request.context.actor.id)
         request = self.screen(request)
         if not request.idempotency_key:
             return self._decide_new(request), False

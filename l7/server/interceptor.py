@@ -19,6 +19,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from l7.engine.ratelimit import RateLimited
 from l7.errors import (
     ApprovalInvalid,
     BundleError,
@@ -59,6 +60,7 @@ _CODES: list[tuple[type[L7Error], int]] = [
     (GrantRefused, code_pb2.PERMISSION_DENIED),
     (GatewayDegraded, code_pb2.UNAVAILABLE),
     (SecretsDegraded, code_pb2.UNAVAILABLE),
+    (RateLimited, code_pb2.RESOURCE_EXHAUSTED),
 ]
 
 
@@ -69,6 +71,9 @@ def status_for(err: L7Error) -> status_pb2.Status:
         meta["field"] = err.field
     if isinstance(err, IdempotencyConflict):
         meta["decision_id"] = err.decision_id
+    if isinstance(err, RateLimited):
+        meta["retry_after_s"] = f"{err.retry_after_s:.3f}"
+        meta["bucket"] = err.bucket
     if isinstance(err, IllegalTransition):
         meta["decision_id"] = err.decision_id
         meta["current_status"] = err.current

@@ -260,3 +260,23 @@ def test_the_activated_signed_revision_is_on_the_record(stack: Stack) -> None:
     assert ev.event_type == "policy.activated"
     assert ev.payload["revision"] == stack.bundle.revision
     assert ev.payload["signer_kid"].startswith("l7b-")
+
+
+def test_rate_limited_caller_gets_resource_exhausted_with_retry_after(
+    stack: Stack, client: GovernanceClient
+) -> None:
+    from l7.engine.ratelimit import RateLimiter
+
+    assert stack.engine is not None and stack.ledger is not None
+    stack.engine.rate_limiter = RateLimiter(
+        lambda: {"decide_per_actor": {"rate_per_s": 0.001, "burst": 2}}
+    )
+    client.decide(request(key="r1"))
+    client.decide(request(key="r2"))
+    before = stack.ledger.count()
+    with pytest.raises(RemoteError) as ei:
+        client.decide(request(key="r3"))
+    assert (ei.value.code, ei.value.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limited")
+    assert "retry after" in ei.value.message
+    assert stack.ledger.count() == before  # nothing judged or recorded
+    assert client.decide(request(actor="someone-else"))["outcome"] == "ALLOW"
