@@ -17,9 +17,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from l7.authority.anomaly import AnomalyDetector
 from l7.authority.approval import SignedApproval, Verdict, payload_hash, verify_approval
 from l7.authority.delegation import Delegations, scope_covers
 from l7.authority.keys import KeyRegistry
@@ -80,9 +83,14 @@ class AuthorityService:
         self.delegations = Delegations(engine.ledger)
         self.max_approval_ttl_s = max_approval_ttl_s
         self._locks = _KeyLocks()
+        self.anomalies = AnomalyDetector(self._anomaly_config)
         self._pending: set[str] = set()
         self._pending_lock = threading.Lock()
         self._index_loaded = False
+
+    def _anomaly_config(self) -> Mapping[str, Any]:
+        cfg = self.engine.config_section("anomalies")
+        return cfg if isinstance(cfg, Mapping) else {}
 
     # -- time --------------------------------------------------------------------------------
 
@@ -320,15 +328,21 @@ class AuthorityService:
                 f"{signed.method}",
                 reason="signature_invalid",
             )
-        payload = verify_approval(
-            signed,
-            public_key_raw=key.public_key,
-            expected_decision_id=d.decision_id,
-            expected_intent_hash=d.intent_hash,
-            expected_approver=subject,
-            now=now,
-            max_ttl_s=self.max_approval_ttl_s,
-        )
+        try:
+            payload = verify_approval(
+                signed,
+                public_key_raw=key.public_key,
+                expected_decision_id=d.decision_id,
+                expected_intent_hash=d.intent_hash,
+                expected_approver=subject,
+                now=now,
+                max_ttl_s=self.max_approval_ttl_s,
+            )
+        except ApprovalInvalid as e:
+            if e.reason == "signature_invalid":
+                for kind, detail in self.anomalies.bad_signature(subject, now):
+                    self._anomaly(d, kind, subject, detail)
+            raise
         # 4. Level: must qualify for at least one clause of the requirement in force.
         floor = min((c.min_level for c in st.clauses), default=MAX_LEVEL)
         if level < floor:
@@ -392,6 +406,26 @@ class AuthorityService:
                 )
             )
         else:
+            requested = int(datetime.fromisoformat(d.created_at.replace("Z", "+00:00")).timestamp())
+            found = self.anomalies.approval(subject, req.context.actor.id, requested, now)
+            blocked = [k for k, _ in found if k in self.anomalies.blocking()]
+            if blocked:
+                for kind, detail in found:
+                    self._anomaly(d, kind, subject, detail)
+                raise Forbidden(
+                    f"approval by {subject} refused: policy blocks anomalies {blocked}",
+                    reason="anomaly_blocked",
+                )
+            events.extend(
+                NewEvent(
+                    d.decision_id,
+                    _E.ANOMALY_DETECTED,
+                    subject,
+                    d.policy_version,
+                    {"kind": kind, "subject": subject, "detail": detail},
+                )
+                for kind, detail in found
+            )
             approvers = [
                 *self._approvers(d),
                 Approver(subject, level, identity.roles, identity.team),

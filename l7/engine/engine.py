@@ -129,41 +129,33 @@ class Engine:
         self.clock = clock
         self.restriction = Restriction(ledger)
         self._keys = _KeyLocks()
-        self._secrets_cfg: tuple[float, Mapping[str, Any]] | None = None
-        self._limits_cfg: tuple[float, Mapping[str, Any]] | None = None
+        self._config_cache: dict[str, tuple[float, Mapping[str, Any]]] = {}
         self.rate_limiter = RateLimiter(self.rate_limits)
 
     # -- Decide --------------------------------------------------------------------------
 
     def secrets_config(self) -> Mapping[str, Any]:
-        """Policy's ``data.l7.config.secrets`` (on_secret, envelope_fields, decrypt_roles),
-        re-read at most once a minute; OPA down means the strictest reading ({})."""
+        """Policy's ``data.l7.config.secrets`` (on_secret, envelope_fields, decrypt_roles,
+        ledger_fields); OPA down keeps the last configuration, or the strictest ({})."""
+        return self.config_section("secrets")
+
+    def config_section(self, name: str) -> Mapping[str, Any]:
+        """A section of policy's ``data.l7.config`` (rate_limits, anomalies, ...), re-read at
+        most once a minute; the last good value is kept while OPA is down."""
         now = time.monotonic()
-        if self._secrets_cfg and now - self._secrets_cfg[0] < 60:
-            return self._secrets_cfg[1]
+        cached = self._config_cache.get(name)
+        if cached and now - cached[0] < 60:
+            return cached[1]
         try:
-            cfg, _ = self.policy.query("l7/config", "secrets", {})
+            cfg, _ = self.policy.query("l7/config", name, {})
         except PolicyStoreDegraded:
-            # Keep the last configuration policy gave (envelope fields, allowlist); with
-            # none yet, the strictest reading. Decisions are denied meanwhile anyway.
-            return self._secrets_cfg[1] if self._secrets_cfg else {}
+            return cached[1] if cached else {}
         cfg = cfg if isinstance(cfg, dict) else {}
-        self._secrets_cfg = (now, cfg)
+        self._config_cache[name] = (now, cfg)
         return cfg
 
     def rate_limits(self) -> Mapping[str, Any]:
-        """Policy's ``data.l7.config.rate_limits``, re-read at most once a minute (the last
-        good value is kept while OPA is down)."""
-        now = time.monotonic()
-        if self._limits_cfg and now - self._limits_cfg[0] < 60:
-            return self._limits_cfg[1]
-        try:
-            cfg, _ = self.policy.query("l7/config", "rate_limits", {})
-        except PolicyStoreDegraded:
-            return self._limits_cfg[1] if self._limits_cfg else {}
-        cfg = cfg if isinstance(cfg, dict) else {}
-        self._limits_cfg = (now, cfg)
-        return cfg
+        return self.config_section("rate_limits")
 
     def _secrets_mode(self) -> str:
         """Anything but an explicit "redact" from policy means refuse."""

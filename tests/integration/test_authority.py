@@ -622,3 +622,27 @@ def test_racing_engines_authorize_exactly_once(world: World) -> None:
 
     with pytest.raises(DuplicateKey):
         world.stack.ledger.append(again)
+
+
+def test_anomalies_are_recorded_and_repeated_bad_signatures_block(world: World) -> None:
+    d = world.decide(delete())
+    world.approve("mgr1", d)  # seconds after the request: flagged, not blocked
+    assert world.stack.ledger is not None
+    kinds = [
+        e.payload["kind"]
+        for e in world.stack.ledger.get_stream(d["decision_id"])
+        if e.event_type == "anomaly.detected"
+    ]
+    assert kinds == ["approval_too_fast"]
+    forger = Ed25519Signer.generate(key_id="mgr3-ed25519")
+    reasons = [world.refused("mgr3", d, signer=forger).reason for _ in range(3)]
+    assert reasons == ["signature_invalid"] * 3
+    kinds = [
+        e.payload["kind"]
+        for e in world.stack.ledger.get_stream(d["decision_id"])
+        if e.event_type == "anomaly.detected"
+    ]
+    assert kinds.count("repeated_bad_signatures") == 1
+    # Policy lists repeated_bad_signatures under anomalies.block: mgr3's next genuine
+    # approval inside the window is refused too, and recorded.
+    assert world.refused("mgr3", d).reason == "anomaly_blocked"
