@@ -10,6 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from l7.errors import ConfigError, RequestInvalid
 from l7.gateway.service import GatewayService
+from l7.server.convert import confirmation_to_proto
 from l7.server.interceptor import ErrorInterceptor
 from l7.v1 import gateway_pb2 as gpb
 from l7.v1 import gateway_pb2_grpc as gpb_grpc
@@ -42,9 +43,7 @@ class GatewayServicer(gpb_grpc.GatewayServicer):
         return gpb.AuthorizeResponse(
             decision_id=ex.decision_id,
             execution_id=ex.execution_id,
-            ledger=pb.LedgerConfirmation(
-                global_seq=ex.ledger.global_seq, hash=ex.ledger.hash, event_id=ex.ledger.event_id
-            ),
+            ledger=confirmation_to_proto(ex.ledger),
             secrets=dict(ex.secrets),
         )
 
@@ -59,9 +58,7 @@ class GatewayServicer(gpb_grpc.GatewayServicer):
             request.succeeded,
             json_format.MessageToDict(request.result),
         )
-        return gpb.ConfirmExecutionResponse(
-            ledger=pb.LedgerConfirmation(global_seq=c.global_seq, hash=c.hash, event_id=c.event_id)
-        )
+        return gpb.ConfirmExecutionResponse(ledger=confirmation_to_proto(c))
 
 
 def create_gateway_server(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf import json_format
 
@@ -11,7 +11,28 @@ from l7.engine.authority import requirement_progress
 from l7.engine.validate import request_from_dict
 from l7.v1 import governance_pb2 as pb
 
-__all__ = ["decision_to_proto", "request_from_proto", "request_to_proto"]
+__all__ = [
+    "confirmation_to_proto",
+    "decision_to_proto",
+    "request_from_proto",
+    "request_to_proto",
+]
+
+
+class _Confirmed(Protocol):
+    """A ledger confirmation as the domain or the ledger hands it over."""
+
+    @property
+    def global_seq(self) -> int: ...
+    @property
+    def hash(self) -> str: ...
+    @property
+    def event_id(self) -> str: ...
+
+
+def confirmation_to_proto(c: _Confirmed) -> pb.LedgerConfirmation:
+    return pb.LedgerConfirmation(global_seq=c.global_seq, hash=c.hash, event_id=c.event_id)
+
 
 _OUTCOMES = {o: getattr(pb, f"OUTCOME_{o.value}") for o in Outcome}
 _STATUSES = {s: getattr(pb, f"STATUS_{s.name}") for s in Status}
@@ -56,9 +77,7 @@ def decision_to_proto(dec: Decision) -> pb.Decision:
         reasons=list(dec.reasons),
         policy_version=dec.policy_version,
         created_at=dec.created_at,
-        ledger=pb.LedgerConfirmation(
-            global_seq=dec.ledger.global_seq, hash=dec.ledger.hash, event_id=dec.ledger.event_id
-        ),
+        ledger=confirmation_to_proto(dec.ledger),
         action=pb.Action(
             action_class=req.action.action_class,
             intent=req.action.intent,

@@ -19,7 +19,7 @@ from l7.engine.breakglass import BreakGlassRequest, BreakGlassService
 from l7.errors import ApprovalInvalid, Forbidden, GrantRefused, RequestInvalid, Unauthenticated
 from l7.gateway.grant import GrantIssuer
 from l7.identity import Identity, TokenVerifier
-from l7.server.convert import decision_to_proto, request_from_proto
+from l7.server.convert import confirmation_to_proto, decision_to_proto, request_from_proto
 from l7.v1 import governance_pb2 as pb
 from l7.v1 import governance_pb2_grpc as pb_grpc
 
@@ -110,9 +110,7 @@ class GovernanceService(pb_grpc.GovernanceServicer):
         return pb.BreakGlassResponse(
             breakglass=self._bg_info(d),
             grant=self._grant_for(d),
-            ledger=pb.LedgerConfirmation(
-                global_seq=d.ledger.global_seq, hash=d.ledger.hash, event_id=d.ledger.event_id
-            ),
+            ledger=confirmation_to_proto(d.ledger),
         )
 
     def ReviewBreakGlass(  # noqa: N802
@@ -272,9 +270,7 @@ class GovernanceService(pb_grpc.GovernanceServicer):
             by=who.subject,
             by_level=who.level,
         )
-        return pb.RegisterKeyResponse(
-            ledger=pb.LedgerConfirmation(global_seq=c.global_seq, hash=c.hash, event_id=c.event_id)
-        )
+        return pb.RegisterKeyResponse(ledger=confirmation_to_proto(c))
 
     def RevokeKey(  # noqa: N802
         self, request: pb.RevokeKeyRequest, context: grpc.ServicerContext
@@ -287,9 +283,7 @@ class GovernanceService(pb_grpc.GovernanceServicer):
             by=who.subject,
             by_level=who.level,
         )
-        return pb.RevokeKeyResponse(
-            ledger=pb.LedgerConfirmation(global_seq=c.global_seq, hash=c.hash, event_id=c.event_id)
-        )
+        return pb.RevokeKeyResponse(ledger=confirmation_to_proto(c))
 
     def Delegate(  # noqa: N802
         self, request: pb.DelegateRequest, context: grpc.ServicerContext
@@ -306,6 +300,4 @@ class GovernanceService(pb_grpc.GovernanceServicer):
             not_after=request.not_after,
             reason=request.reason,
         )
-        return pb.DelegateResponse(
-            ledger=pb.LedgerConfirmation(global_seq=c.global_seq, hash=c.hash, event_id=c.event_id)
-        )
+        return pb.DelegateResponse(ledger=confirmation_to_proto(c))
