@@ -73,13 +73,26 @@ def _bg_json(info: pb.BreakGlassInfo) -> dict[str, Any]:
 
 
 class GovernanceClient:
-    """``token``: the caller's OIDC JWT, sent as ``authorization: Bearer`` on every call."""
+    """``token``: the caller's OIDC JWT, sent as ``authorization: Bearer`` on every call.
+    ``credentials``: mTLS to an engine started with a certificate directory
+    (``l7.tls.client_credentials(cert_dir, "cli")``)."""
 
-    def __init__(self, target: str, *, token: str | None = None, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        timeout_s: float = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.target = target
         self.timeout_s = timeout_s
         self.token = token
-        self._channel = grpc.insecure_channel(target)
+        self._channel = (
+            grpc.secure_channel(target, credentials)
+            if credentials is not None
+            else grpc.insecure_channel(target)
+        )
         self._stub = pb_grpc.GovernanceStub(self._channel)
 
     def _meta(self) -> tuple[tuple[str, str], ...]:

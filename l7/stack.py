@@ -20,7 +20,7 @@ from l7.engine.authority import AuthorityService
 from l7.engine.breakglass import BreakGlassService
 from l7.engine.engine import _utcnow
 from l7.engine.ledger_guard import FieldGuardedLedger
-from l7.errors import L7Error
+from l7.errors import ConfigError, L7Error
 from l7.gateway.grant import (
     DEFAULT_GRANT_TTL_S,
     GrantIssuer,
@@ -37,11 +37,12 @@ from l7.policy.opa_process import OpaProcess, find_opa
 from l7.secrets.envelope import Envelope
 from l7.secrets.interface import SecretStore
 from l7.server.app import create_server
+from l7.tls import client_credentials, server_tls
 from ledger import EventType, LedgerClient, NewEvent, SqlLedger, open_ledger
 from ledger.checkpointer import IntegrityMonitor
 from ledger.remote import RemoteLedger
 
-__all__ = ["REPO_ROOT", "Stack", "StackConfig"]
+__all__ = ["REPO_ROOT", "Stack", "StackConfig", "check_production_posture", "connect_ledger"]
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -81,15 +82,43 @@ class StackConfig:
     default <work_dir>/keys/bundle-signing.pem."""
     allow_rollback: bool = False
     """Activate a bundle revision older than the newest ever activated (--allow-rollback)."""
+    cert_dir: Path | None = None
+    """mTLS for every tier (``l7 certs init`` layout): the engine and gateway ports require
+    client certificates from this CA and accept only their allowed peers (``l7.tls.ACCEPTS``);
+    a ``grpc://`` ledger is reached with the engine's certificate. None: plaintext loopback."""
 
 
-def connect_ledger(url: str, *, token: str | None = None) -> LedgerClient:
-    """``grpc://host:port`` reaches the ledger service (RemoteLedger); anything else is a
-    database URL opened in-process. Both are the same LedgerClient to the engine."""
+def connect_ledger(
+    url: str, *, token: str | None = None, credentials: grpc.ChannelCredentials | None = None
+) -> LedgerClient:
+    """``grpc://host:port`` reaches the ledger service (RemoteLedger, over mTLS with
+    ``credentials``); anything else is a database URL opened in-process. Both are the same
+    LedgerClient to the engine."""
     if url.startswith("grpc://"):
         meta = (("authorization", f"Bearer {token}"),) if token else ()
-        return RemoteLedger(url.removeprefix("grpc://"), metadata=meta)
+        return RemoteLedger(url.removeprefix("grpc://"), metadata=meta, credentials=credentials)
     return open_ledger(url)
+
+
+def check_production_posture(config: StackConfig) -> None:
+    """Production never runs open: callers must be identified (OIDC) and every tier must
+    speak mTLS. Refuse to start otherwise, naming the missing flag."""
+    if config.env != "production":
+        return
+    missing = [
+        flag
+        for flag, ok in (
+            ("--oidc-issuer", config.verifier is not None),
+            ("--tls-dir", config.cert_dir is not None),
+        )
+        if not ok
+    ]
+    if missing:
+        raise ConfigError(
+            f"refusing to serve production without {' and '.join(missing)}: production "
+            "requires authenticated callers and mTLS between the tiers (run `l7 certs init` "
+            "for certificates)"
+        )
 
 
 class Stack:
@@ -124,6 +153,7 @@ class Stack:
 
     def start(self) -> Stack:
         cfg = self.config
+        check_production_posture(cfg)
         try:
             if cfg.opa_url:
                 evaluator = OpaEvaluator(cfg.opa_url)
@@ -157,7 +187,11 @@ class Stack:
                     allow_rollback=cfg.allow_rollback or cfg.env == "local",
                 )
                 evaluator = OpaEvaluator(self.opa.url, expected_revision=self.bundle.revision)
-            self.ledger = connect_ledger(cfg.ledger_url, token=cfg.ledger_token)
+            self.ledger = connect_ledger(
+                cfg.ledger_url,
+                token=cfg.ledger_token,
+                credentials=client_credentials(cfg.cert_dir, "engine") if cfg.cert_dir else None,
+            )
             if self.activation is not None:
                 # Every activation (and any rollback) of a signed revision is on the record.
                 self.ledger.append(
@@ -196,6 +230,7 @@ class Stack:
                 verifier=cfg.verifier,
                 grants=issuer,
                 breakglass=self.breakglass,
+                tls=server_tls(cfg.cert_dir, "engine") if cfg.cert_dir else None,
             )
             self.server.start()
             if cfg.gateway:
@@ -207,7 +242,11 @@ class Stack:
                     secrets=cfg.secret_store,
                 )
                 host = cfg.addr.rsplit(":", 1)[0]
-                self.gateway_server, self.gateway_port = create_gateway_server(f"{host}:0", service)
+                self.gateway_server, self.gateway_port = create_gateway_server(
+                    f"{host}:0",
+                    service,
+                    tls=server_tls(cfg.cert_dir, "gateway") if cfg.cert_dir else None,
+                )
                 self.gateway_server.start()
             if cfg.integrity_check_s > 0 and isinstance(self.ledger, SqlLedger):
                 restriction = self.engine.restriction

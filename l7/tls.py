@@ -54,6 +54,7 @@ __all__ = [
     "channel_credentials",
     "check_cnf_binding",
     "client_channel",
+    "client_credentials",
     "init_ca",
     "issue",
     "load_ca",
@@ -390,11 +391,16 @@ def secure_channel(
     return grpc.secure_channel(target, creds, options=opts)
 
 
+def client_credentials(cert_dir: Path | str, service: str) -> grpc.ChannelCredentials:
+    """Credentials presenting ``<cert_dir>/<service>.pem`` and trusting ``<cert_dir>/ca.pem``
+    (the layout ``l7 certs init`` writes)."""
+    d = Path(cert_dir)
+    return channel_credentials(d / f"{service}.pem", d / f"{service}.key", d / "ca.pem")
+
+
 def client_channel(target: str, cert_dir: Path | str, service: str) -> grpc.Channel:
     """A channel to ``target`` presenting ``<cert_dir>/<service>.pem`` (from ``l7 certs init``)."""
-    d = Path(cert_dir)
-    creds = channel_credentials(d / f"{service}.pem", d / f"{service}.key", d / "ca.pem")
-    return secure_channel(target, creds)
+    return secure_channel(target, client_credentials(cert_dir, service))
 
 
 # --------------------------------------------------------------------------- peer identity

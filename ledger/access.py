@@ -99,12 +99,15 @@ class ReadAuthorizer(Protocol):
     """Provided by the host: authenticate a call from its metadata.
 
     ``metadata`` holds the call's text metadata with lower-case keys (e.g.
-    ``authorization``, ``x-l7-reason``). Raise ``AccessDenied(...,
-    authenticated=False)`` for missing or bad credentials, ``LedgerUnavailable``
-    when the identity provider cannot be reached. Must be thread-safe.
+    ``authorization``, ``x-l7-reason``); ``peer_cert_der`` is the verified client
+    certificate when the call came over mTLS (for certificate-bound tokens, RFC 8705).
+    Raise ``AccessDenied(..., authenticated=False)`` for missing or bad credentials,
+    ``LedgerUnavailable`` when the identity provider cannot be reached. Must be thread-safe.
     """
 
-    def authorize(self, metadata: Mapping[str, str]) -> Reader: ...
+    def authorize(
+        self, metadata: Mapping[str, str], peer_cert_der: bytes | None = None
+    ) -> Reader: ...
 
 
 class AllowAll:
@@ -123,7 +126,7 @@ class AllowAll:
     ) -> None:
         self.reader = Reader(subject, frozenset(roles), breakglass)
 
-    def authorize(self, metadata: Mapping[str, str]) -> Reader:
+    def authorize(self, metadata: Mapping[str, str], peer_cert_der: bytes | None = None) -> Reader:
         return self.reader
 
 
@@ -133,7 +136,7 @@ class StaticTokens:
     def __init__(self, tokens: Mapping[str, Reader]) -> None:
         self._tokens = dict(tokens)
 
-    def authorize(self, metadata: Mapping[str, str]) -> Reader:
+    def authorize(self, metadata: Mapping[str, str], peer_cert_der: bytes | None = None) -> Reader:
         header = metadata.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():

@@ -189,6 +189,7 @@ class RemoteLedger:
         metadata: Sequence[tuple[str, str]] = (),
         timeout_s: float = 5.0,
         long_timeout_s: float = 600.0,
+        credentials: grpc.ChannelCredentials | None = None,
         _channel: grpc.Channel | None = None,
     ) -> None:
         self.target = target
@@ -196,15 +197,18 @@ class RemoteLedger:
         self.timeout_s = timeout_s
         self.long_timeout_s = long_timeout_s
         self._owns_channel = _channel is None
-        self._channel = _channel or grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
-                ("grpc.initial_reconnect_backoff_ms", 200),
-                ("grpc.min_reconnect_backoff_ms", 200),
-                ("grpc.max_reconnect_backoff_ms", 2000),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+        if _channel is not None:
+            self._channel = _channel
+        elif credentials is not None:  # mTLS: present our certificate, trust only our CA
+            self._channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.LedgerStub(self._channel)
         self.last_checkpoint: Checkpoint | None = None
         """The checkpoint reference of the latest append (or checkpoint call), if any."""

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -200,6 +202,18 @@ def _metadata(context: grpc.ServicerContext) -> dict[str, str]:
     return out
 
 
+def _peer_cert_der(context: grpc.ServicerContext) -> bytes | None:
+    """The verified client certificate (DER) of an mTLS call, else None."""
+    auth: Mapping[str, Any] = context.auth_context()  # lists of bytes per key (stub: bytes)
+    pems: list[bytes] = list(auth.get("x509_pem_cert") or [])
+    if not pems:
+        return None
+    try:
+        return x509.load_pem_x509_certificate(pems[0]).public_bytes(serialization.Encoding.DER)
+    except ValueError:
+        return None
+
+
 def _new_event(i: int, e: pb.NewEvent) -> NewEvent:
     try:
         etype = EventType(e.event_type)
@@ -285,7 +299,7 @@ class LedgerServicer(pb_grpc.LedgerServicer):
 
     def _reader(self, context: grpc.ServicerContext) -> tuple[Reader, dict[str, str]]:
         md = _metadata(context)
-        return self.authorizer.authorize(md), md
+        return self.authorizer.authorize(md, _peer_cert_der(context)), md
 
     def _record(
         self, reader: Reader, mode: ReadMode, rpc: str, what: Mapping[str, Any], reason: str | None
@@ -531,15 +545,19 @@ def create_ledger_server(
     *,
     health_servicer: health.HealthServicer | None = None,
     max_workers: int = 32,
+    credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> tuple[grpc.Server, int]:
     """A not-yet-started server bound to ``addr`` (port 0 picks a free port).
 
     Pass ``health_servicer`` to keep a handle on it (``serve`` uses it to report
-    NOT_SERVING before a graceful stop). Raises ValueError if ``addr`` cannot be bound.
+    NOT_SERVING before a graceful stop). ``credentials`` make it a TLS port (mTLS when
+    they require client certificates); ``interceptors`` run before the error mapping
+    (a peer allowlist goes there). Raises ValueError if ``addr`` cannot be bound.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ledger-grpc"),
-        interceptors=[ErrorInterceptor()],
+        interceptors=[*interceptors, ErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
@@ -554,7 +572,11 @@ def create_ledger_server(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(addr)
+        port = (
+            server.add_secure_port(addr, credentials)
+            if credentials is not None
+            else server.add_insecure_port(addr)
+        )
     except RuntimeError as e:
         raise ValueError(f"ledger service address {addr}: cannot bind ({e})") from e
     if port == 0:
@@ -570,6 +592,8 @@ def serve(
     grace_s: float = 5.0,
     stop: threading.Event | None = None,
     on_ready: Callable[[int], None] | None = None,
+    credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
     **ledger_opts: Any,
 ) -> int:
     """Open the ledger at ``url`` and serve it on ``addr`` until SIGINT/SIGTERM (or ``stop``).
@@ -582,7 +606,14 @@ def serve(
     try:
         hs = health.HealthServicer()
         # SqlLedger implements AuditableLedger (ledger.interface).
-        server, port = create_ledger_server(addr, ledger, authorizer, health_servicer=hs)
+        server, port = create_ledger_server(
+            addr,
+            ledger,
+            authorizer,
+            health_servicer=hs,
+            credentials=credentials,
+            interceptors=interceptors,
+        )
     except BaseException:
         ledger.close()
         raise

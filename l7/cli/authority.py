@@ -22,6 +22,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from l7.authority.approval import ApprovalPayload, Rationale, Verdict, sign_approval
+from l7.cli.certs import add_tls_flag, tls_credentials
 from l7.client import GovernanceClient
 from l7.crypto import (
     Ed25519Signer,
@@ -52,7 +53,7 @@ def _token(a: argparse.Namespace) -> str:
 
 
 def _client(a: argparse.Namespace) -> GovernanceClient:
-    return GovernanceClient(a.target, token=_token(a))
+    return GovernanceClient(a.target, token=_token(a), credentials=tls_credentials(a, "cli"))
 
 
 def _subject(a: argparse.Namespace, token: str) -> str:
@@ -107,7 +108,7 @@ def _show(d: dict[str, Any]) -> None:
 def cmd_sign(a: argparse.Namespace) -> int:
     verdict = Verdict.REJECT if a.cmd == "reject" else Verdict.APPROVE
     token = _token(a)
-    with GovernanceClient(a.target, token=token) as c:
+    with GovernanceClient(a.target, token=token, credentials=tls_credentials(a, "cli")) as c:
         d = c.get_decision(a.decision_id)
         _show(d)
         local = intent_hash(d["action"])
@@ -267,6 +268,7 @@ def add_authority_commands(sub: Any, default_addr: str) -> None:
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--target", default=default_addr, help="server address")
         sp.add_argument("--token-file", help="your OIDC token (default $L7_TOKEN)")
+        add_tls_flag(sp, "cli")
 
     for name, text in (("approve", "sign and submit an approval"), ("reject", "sign a rejection")):
         sp = sub.add_parser(name, help=text)

@@ -14,12 +14,43 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any
 
 from l7.errors import ConfigError
 
-__all__ = ["add_certs_commands", "cmd_certs_init"]
+__all__ = ["add_certs_commands", "add_tls_flag", "cmd_certs_init", "tls_credentials", "tls_dir"]
+
+
+def add_tls_flag(sp: argparse.ArgumentParser, who: str) -> None:
+    """``--tls-dir DIR``: speak mTLS with the certificates ``l7 certs init`` wrote there
+    (default $L7_TLS_DIR); ``who`` says which certificate this command presents."""
+    sp.add_argument(
+        "--tls-dir",
+        default=os.environ.get("L7_TLS_DIR") or None,
+        help=f"mTLS certificate directory from `l7 certs init` (presents {who}.pem; "
+        "default $L7_TLS_DIR; unset: plaintext loopback)",
+    )
+
+
+def tls_dir(a: argparse.Namespace) -> Path | None:
+    """The ``--tls-dir`` directory, checked to hold a CA (None: no mTLS)."""
+    raw = getattr(a, "tls_dir", None)
+    if not raw:
+        return None
+    d = Path(raw)
+    if not (d / "ca.pem").is_file():
+        raise ConfigError(f"--tls-dir {d}: no ca.pem there; run `l7 certs init --dir {d}`")
+    return d
+
+
+def tls_credentials(a: argparse.Namespace, service: str) -> Any:
+    """Client credentials presenting ``<tls-dir>/<service>.pem``, or None without --tls-dir."""
+    from l7.tls import client_credentials
+
+    d = tls_dir(a)
+    return client_credentials(d, service) if d else None
 
 
 def _services(raw: str) -> list[str]:

@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from l7.cli.certs import add_tls_flag
 from l7.cli.progress import Progress
 from l7.errors import ConfigError
 from ledger import IntegrityViolation, open_ledger
@@ -105,8 +106,10 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     from grpc_health.v1 import health
 
+    from l7.cli.certs import tls_dir
     from l7.cli.main import _verifier
     from l7.identity.ledger_reader import OidcReadAuthorizer
+    from l7.tls import server_tls
     from ledger.checkpoint import Ed25519CheckpointSigner
     from ledger.checkpointer import Checkpointer, IntegrityMonitor
     from ledger.service import create_ledger_server
@@ -128,8 +131,15 @@ def cmd_serve(a: argparse.Namespace) -> int:
     workers: list[Checkpointer | IntegrityMonitor] = []
     try:
         hs = health.HealthServicer()
+        certs = tls_dir(a)
+        st = server_tls(certs, "ledger") if certs else None
         server, port = create_ledger_server(
-            a.addr, led, OidcReadAuthorizer(verifier), health_servicer=hs
+            a.addr,
+            led,
+            OidcReadAuthorizer(verifier),
+            health_servicer=hs,
+            credentials=st.credentials if st else None,
+            interceptors=[st.interceptor] if st else (),
         )
         server.start()
         if a.checkpoint_key:
@@ -190,4 +200,5 @@ def add_ledger_commands(sub: Any, ledger_flag: Any) -> None:
     srv.add_argument("--dual-write", help="second sink, jsonl:///path")
     srv.add_argument("--checkpoint-every-s", type=float, default=60.0)
     srv.add_argument("--integrity-every-s", type=float, default=300.0)
+    add_tls_flag(srv, "ledger")
     srv.set_defaults(fn=cmd_serve)

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from l7.cli.authority import add_authority_commands
-from l7.cli.certs import add_certs_commands
+from l7.cli.certs import add_certs_commands, add_tls_flag, tls_credentials, tls_dir
 from l7.cli.ledger_cmds import add_ledger_commands
 from l7.engine.state import fold_decision
 from l7.errors import ConfigError, L7Error, RequestInvalid
 from l7.identity import TokenVerifier
 from l7.stack import REPO_ROOT, Stack, StackConfig, connect_ledger
+from l7.tls import server_tls
 from ledger import LedgerError, open_ledger
 
 __all__ = ["main"]
@@ -115,6 +116,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
             envelope=Envelope(bao, a.transit_key) if bao and a.transit_key else None,
             ledger_token=os.environ.get("L7_LEDGER_TOKEN"),
             integrity_check_s=a.integrity_every_s,
+            cert_dir=tls_dir(a),
         )
     )
     stack.start()
@@ -128,6 +130,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         f"  OPA           : {stack.opa.url if stack.opa else a.opa_url}\n"
         f"  ledger        : {a.ledger}\n"
         f"  identity      : {a.oidc_issuer or 'none (Decide unauthenticated; approvals refused)'}\n"
+        f"  mTLS          : {a.tls_dir or 'off (plaintext loopback)'}\n"
         f"  grant key     : {stack.grant_public_key_path} (give it to l7 gateway serve)\n"
         f"Try it (in another shell):\n"
         f"  .venv/bin/l7 decide --target {stack.target} examples/requests/read-dev.json\n"
@@ -153,7 +156,7 @@ def cmd_decide(a: argparse.Namespace) -> int:
             out = client.decide(request)
     else:
         try:
-            with GovernanceClient(a.target) as client:
+            with GovernanceClient(a.target, credentials=tls_credentials(a, "cli")) as client:
                 out = client.decide(request)
         except RemoteError as e:
             _print_json({"error": {"code": e.code.name, "reason": e.reason, "message": e.message}})
@@ -239,8 +242,13 @@ def cmd_gateway_serve(a: argparse.Namespace) -> int:
 
     keys = {kid_of(k): k for k in (load_grant_public_key(Path(p)) for p in a.grant_public_key)}
     bao = _bao(a)
+    certs = tls_dir(a)
     led = (
-        connect_ledger(a.ledger, token=os.environ.get("L7_LEDGER_TOKEN"))
+        connect_ledger(
+            a.ledger,
+            token=os.environ.get("L7_LEDGER_TOKEN"),
+            credentials=tls_credentials(a, "gateway"),
+        )
         if a.ledger.startswith("grpc://")
         else open_ledger(a.ledger, create=False)
     )
@@ -252,6 +260,7 @@ def cmd_gateway_serve(a: argparse.Namespace) -> int:
             gateway_id=a.gateway_id,
             secrets=BaoSecretStore(bao) if bao else None,
         ),
+        tls=server_tls(certs, "gateway") if certs else None,
     )
     server.start()
     stop = threading.Event()
@@ -322,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--integrity-every-s", type=float, default=300.0, help="re-verify the ledger (0: off)"
     )
+    add_tls_flag(sp, "engine")
     ledger_flag(sp)
     sp.set_defaults(fn=cmd_serve)
 
@@ -331,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--embedded", action="store_true", help="start a private stack for this call")
     sp.add_argument("--env", default="local", help="bundle environment (with --embedded)")
     sp.add_argument("--opa-url", help="external OPA (with --embedded)")
+    add_tls_flag(sp, "cli")
     ledger_flag(sp)
     sp.set_defaults(fn=cmd_decide)
 
@@ -381,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="engine grant key (PEM, repeatable for rotation); required",
     )
     gs.add_argument("--gateway-id", default="gateway", help="name recorded in the ledger")
+    add_tls_flag(gs, "gateway")
     bao_flags(gs)
     ledger_flag(gs)
     gs.set_defaults(fn=cmd_gateway_serve)

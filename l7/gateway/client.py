@@ -108,8 +108,20 @@ def current_execution() -> ExecutionContext:
 
 
 class GatewayClient:
-    def __init__(self, target: str, *, timeout_s: float = 10.0) -> None:
-        self._channel = grpc.insecure_channel(target)
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """``credentials``: mTLS to a gateway started with a certificate directory
+        (``l7.tls.client_credentials(cert_dir, "tool")``)."""
+        self._channel = (
+            grpc.secure_channel(target, credentials)
+            if credentials is not None
+            else grpc.insecure_channel(target)
+        )
         self._stub = gpb_grpc.GatewayStub(self._channel)
         self.timeout_s = timeout_s
 
@@ -204,9 +216,14 @@ class Governed:
         token: str | None = None,
         request_source: str = "l7.gateway.client",
         timeout_s: float = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        self.engine = GovernanceClient(engine, token=token, timeout_s=timeout_s)
-        self.gateway = GatewayClient(gateway, timeout_s=timeout_s)
+        """``credentials``: the tool process's mTLS identity, presented to both the engine
+        and the gateway (``l7.tls.client_credentials(cert_dir, "tool")``)."""
+        self.engine = GovernanceClient(
+            engine, token=token, timeout_s=timeout_s, credentials=credentials
+        )
+        self.gateway = GatewayClient(gateway, timeout_s=timeout_s, credentials=credentials)
         self.actor = dict(actor)
         self.environment = environment
         self.request_source = request_source

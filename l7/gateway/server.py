@@ -12,6 +12,7 @@ from l7.errors import ConfigError, RequestInvalid
 from l7.gateway.service import GatewayService
 from l7.server.convert import confirmation_to_proto
 from l7.server.interceptor import ErrorInterceptor
+from l7.tls import ServerTLS
 from l7.v1 import gateway_pb2 as gpb
 from l7.v1 import gateway_pb2_grpc as gpb_grpc
 from l7.v1 import governance_pb2 as pb
@@ -62,11 +63,12 @@ class GatewayServicer(gpb_grpc.GatewayServicer):
 
 
 def create_gateway_server(
-    addr: str, service: GatewayService, *, max_workers: int = 16
+    addr: str, service: GatewayService, *, max_workers: int = 16, tls: ServerTLS | None = None
 ) -> tuple[grpc.Server, int]:
+    """A not-yet-started gateway server; ``tls`` as for ``l7.server.app.create_server``."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="l7-gateway"),
-        interceptors=[ErrorInterceptor()],
+        interceptors=[tls.interceptor, ErrorInterceptor()] if tls else [ErrorInterceptor()],
         options=[("grpc.max_receive_message_length", 256 * 1024), ("grpc.so_reuseport", 0)],
     )
     gpb_grpc.add_GatewayServicer_to_server(GatewayServicer(service), server)
@@ -74,7 +76,11 @@ def create_gateway_server(
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     hs.set("l7.v1.Gateway", health_pb2.HealthCheckResponse.SERVING)
     try:
-        port = server.add_insecure_port(addr)
+        port = (
+            server.add_secure_port(addr, tls.credentials) if tls else server.add_insecure_port(addr)
+        )
     except RuntimeError as e:
         raise ConfigError(f"--addr {addr}: cannot bind ({e})") from e
+    if port == 0:
+        raise ConfigError(f"--addr {addr}: cannot bind (in use, or not a host:port)")
     return server, port

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from l7.errors import IdentityDegraded, Unauthenticated
+from l7.errors import Forbidden, IdentityDegraded, Unauthenticated
 from l7.identity.interface import TokenVerifier
+from l7.tls import check_cnf_binding
 from ledger import LedgerUnavailable
 from ledger.access import AccessDenied, Reader
 
@@ -26,7 +27,7 @@ class OidcReadAuthorizer:
     def __init__(self, verifier: TokenVerifier) -> None:
         self.verifier = verifier
 
-    def authorize(self, metadata: Mapping[str, str]) -> Reader:
+    def authorize(self, metadata: Mapping[str, str], peer_cert_der: bytes | None = None) -> Reader:
         auth = next((v for k, v in metadata.items() if k.lower() == "authorization"), "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -37,5 +38,9 @@ class OidcReadAuthorizer:
             raise AccessDenied(str(e), authenticated=False) from e
         except IdentityDegraded as e:
             raise LedgerUnavailable(f"identity provider unreachable: {e}") from e
+        try:
+            check_cnf_binding(who.claims, peer_cert_der)
+        except Forbidden as e:
+            raise AccessDenied(str(e), authenticated=False) from e
         breakglass = bool(metadata.get("x-l7-breakglass")) and who.level >= BREAKGLASS_MIN_LEVEL
         return Reader(subject=who.subject, roles=frozenset(who.roles), breakglass=breakglass)

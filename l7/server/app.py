@@ -16,6 +16,7 @@ from l7.gateway.grant import GrantIssuer
 from l7.identity import TokenVerifier
 from l7.server.governance import GovernanceService
 from l7.server.interceptor import ErrorInterceptor
+from l7.tls import ServerTLS
 from l7.v1 import governance_pb2 as pb
 from l7.v1 import governance_pb2_grpc as pb_grpc
 
@@ -34,12 +35,16 @@ def create_server(
     grants: GrantIssuer | None = None,
     breakglass: BreakGlassService | None = None,
     max_workers: int = 32,
+    tls: ServerTLS | None = None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """A started-later server bound to ``addr`` (use port 0 for a free port)."""
+    """A started-later server bound to ``addr`` (use port 0 for a free port).
+
+    With ``tls`` the port requires a client certificate from our CA and the peer
+    allowlist runs before anything else, so a refused peer never reaches a handler."""
     authority = authority or AuthorityService(engine)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="l7-grpc"),
-        interceptors=[ErrorInterceptor()],
+        interceptors=[tls.interceptor, ErrorInterceptor()] if tls else [ErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
@@ -56,7 +61,9 @@ def create_server(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(addr)
+        port = (
+            server.add_secure_port(addr, tls.credentials) if tls else server.add_insecure_port(addr)
+        )
     except RuntimeError as e:
         raise ConfigError(f"--addr {addr}: cannot bind ({e})") from e
     if port == 0:

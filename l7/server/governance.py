@@ -20,6 +20,7 @@ from l7.errors import ApprovalInvalid, Forbidden, GrantRefused, RequestInvalid, 
 from l7.gateway.grant import GrantIssuer
 from l7.identity import Identity, TokenVerifier
 from l7.server.convert import confirmation_to_proto, decision_to_proto, request_from_proto
+from l7.tls import check_cnf_binding, peer_cert_der
 from l7.v1 import governance_pb2 as pb
 from l7.v1 import governance_pb2_grpc as pb_grpc
 
@@ -169,7 +170,10 @@ class GovernanceService(pb_grpc.GovernanceServicer):
             )
         if token is None:
             raise Unauthenticated("no bearer token: send 'authorization: Bearer <OIDC JWT>'")
-        return self.verifier.verify(token)
+        who = self.verifier.verify(token)
+        # A certificate-bound token (RFC 8705 cnf.x5t#S256) is only good over its own cert.
+        check_cnf_binding(who.claims, peer_cert_der(context))
+        return who
 
     def Decide(self, request: pb.DecideRequest, context: grpc.ServicerContext) -> pb.DecideResponse:  # noqa: N802
         req = request_from_proto(request)

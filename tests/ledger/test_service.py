@@ -417,7 +417,9 @@ def test_nothing_listening_is_ledger_unavailable() -> None:
 
 def test_store_unavailable_and_internal_errors_map_to_unavailable(tmp_path: Path) -> None:
     class Broken:
-        def authorize(self, metadata: Mapping[str, str]) -> Reader:
+        def authorize(
+            self, metadata: Mapping[str, str], peer_cert_der: bytes | None = None
+        ) -> Reader:
             raise RuntimeError("secret stack detail")
 
     s = Service(tmp_path, authorizer=Broken())
