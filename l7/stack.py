@@ -20,6 +20,8 @@ from l7.engine.authority import AuthorityService
 from l7.engine.breakglass import BreakGlassService
 from l7.engine.engine import _utcnow
 from l7.engine.ledger_guard import FieldGuardedLedger
+from l7.engine.ratelimit import RateLimiter
+from l7.engine.ratelimit_store import SqlBuckets
 from l7.errors import ConfigError, L7Error
 from l7.gateway.grant import (
     DEFAULT_GRANT_TTL_S,
@@ -82,6 +84,9 @@ class StackConfig:
     default <work_dir>/keys/bundle-signing.pem."""
     allow_rollback: bool = False
     """Activate a bundle revision older than the newest ever activated (--allow-rollback)."""
+    rate_limit_url: str | None = None
+    """PostgreSQL database for token buckets shared by every engine replica; default: the
+    ledger's own database when ``ledger_url`` is PostgreSQL, else buckets per process."""
     cert_dir: Path | None = None
     """mTLS for every tier (``l7 certs init`` layout): the engine and gateway ports require
     client certificates from this CA and accept only their allowed peers (``l7.tls.ACCEPTS``);
@@ -215,6 +220,11 @@ class Stack:
             )
             engine = self.engine
             guarded.rules = lambda: engine.secrets_config().get("ledger_fields")
+            shared = cfg.rate_limit_url or (
+                cfg.ledger_url if cfg.ledger_url.startswith("postgresql") else None
+            )
+            if shared:  # replicas share one set of buckets, or each would grant the burst
+                engine.rate_limiter = RateLimiter(engine.rate_limits, store=SqlBuckets(shared))
             self.authority = AuthorityService(self.engine)
             self.breakglass = BreakGlassService(self.engine)
             key_path = cfg.grant_key or cfg.work_dir / "keys" / "grant.pem"
@@ -294,6 +304,7 @@ class Stack:
             self.server = None
         self.authority = None
         if self.engine is not None:
+            self.engine.rate_limiter.close()
             self.engine.close()
             self.engine = None
         if self.ledger is not None:

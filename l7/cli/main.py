@@ -117,6 +117,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
             ledger_token=os.environ.get("L7_LEDGER_TOKEN"),
             integrity_check_s=a.integrity_every_s,
             cert_dir=tls_dir(a),
+            rate_limit_url=a.rate_limit_db,
         )
     )
     stack.start()
@@ -330,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--transit-key", help="OpenBao transit key for envelope fields")
     sp.add_argument(
         "--integrity-every-s", type=float, default=300.0, help="re-verify the ledger (0: off)"
+    )
+    sp.add_argument(
+        "--rate-limit-db",
+        help="PostgreSQL URL for rate-limit buckets shared by all engine replicas "
+        "(default: the ledger's database when --ledger is PostgreSQL; else per process)",
     )
     add_tls_flag(sp, "engine")
     ledger_flag(sp)

@@ -3,23 +3,21 @@
 ``data.l7.config.rate_limits`` names buckets like ``{"decide_per_actor": {"rate_per_s": 20,
 "burst": 40}, "approve_per_approver": {...}}``. A call over its limit is refused with
 RESOURCE_EXHAUSTED (reason ``rate_limited``) and a retry-after; nothing is judged or
-recorded for it. Buckets live in this engine process (replicas each keep their own).
+recorded for it. Buckets live in this engine process, or in PostgreSQL shared by every
+replica (``l7.engine.ratelimit_store``).
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from l7.engine.ratelimit_store import BucketStore, MemoryBuckets
 from l7.errors import L7Error
 
 __all__ = ["RateLimited", "RateLimiter"]
-
-_MAX_KEYS = 100_000
 
 
 class RateLimited(L7Error):
@@ -31,23 +29,17 @@ class RateLimited(L7Error):
         self.retry_after_s = retry_after_s
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    at: float
-
-
 class RateLimiter:
     def __init__(
         self,
         limits: Callable[[], Mapping[str, Any]],
         *,
         clock: Callable[[], float] = time.monotonic,
+        store: BucketStore | None = None,
     ) -> None:
         self._limits = limits
         self._clock = clock
-        self._lock = threading.Lock()
-        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self.store: BucketStore = store or MemoryBuckets()
 
     def check(self, bucket: str, key: str) -> None:
         """Take one token from ``bucket`` for ``key`` or raise RateLimited."""
@@ -57,15 +49,9 @@ class RateLimiter:
         rate, burst = float(cfg.get("rate_per_s", 0)), float(cfg.get("burst", 0))
         if rate <= 0 or burst < 1 or not math.isfinite(rate + burst):
             return
-        now = self._clock()
-        with self._lock:
-            b = self._buckets.get((bucket, key))
-            if b is None:
-                if len(self._buckets) >= _MAX_KEYS:  # bounded memory: forget the idle
-                    self._buckets = {k: v for k, v in self._buckets.items() if v.tokens < burst}
-                b = self._buckets[(bucket, key)] = _Bucket(burst, now)
-            b.tokens = min(burst, b.tokens + (now - b.at) * rate)
-            b.at = now
-            if b.tokens < 1:
-                raise RateLimited(bucket, key, (1 - b.tokens) / rate)
-            b.tokens -= 1
+        retry_after = self.store.take(bucket, key, rate, burst, self._clock())
+        if retry_after is not None:
+            raise RateLimited(bucket, key, retry_after)
+
+    def close(self) -> None:
+        self.store.close()

@@ -10,6 +10,7 @@ import pytest
 from l7.client import GovernanceClient
 from l7.stack import Stack, StackConfig
 from tests.integration.openbao import openbao, openbao_private  # noqa: F401 (fixtures)
+from tests.ledger.postgres import pg_cluster, pg_url  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
