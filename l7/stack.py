@@ -19,6 +19,7 @@ from l7.engine import Clock, Engine
 from l7.engine.authority import AuthorityService
 from l7.engine.breakglass import BreakGlassService
 from l7.engine.engine import _utcnow
+from l7.engine.interface import PolicyEvaluator
 from l7.engine.ledger_guard import FieldGuardedLedger
 from l7.engine.ratelimit import RateLimiter
 from l7.engine.ratelimit_store import SqlBuckets
@@ -35,7 +36,8 @@ from l7.gateway.service import GatewayService
 from l7.identity import TokenVerifier
 from l7.policy.bundle import DEFAULT_SIGNING_KEY, BuiltBundle, activate, verify_built, verify_lock
 from l7.policy.evaluator import OpaEvaluator
-from l7.policy.opa_process import OpaProcess, find_opa
+from l7.policy.opa_process import BUNDLE_NAME, OpaProcess, find_opa
+from l7.policy.readiness import PolicyReadiness, ReadinessGatedEvaluator
 from l7.secrets.envelope import Envelope
 from l7.secrets.interface import SecretStore
 from l7.server.app import create_server
@@ -161,7 +163,7 @@ class Stack:
         check_production_posture(cfg)
         try:
             if cfg.opa_url:
-                evaluator = OpaEvaluator(cfg.opa_url)
+                evaluator: PolicyEvaluator = OpaEvaluator(cfg.opa_url)
             else:
                 opa_bin = find_opa(str(cfg.opa_bin) if cfg.opa_bin else None)
                 self.bundle = verify_lock(
@@ -191,7 +193,14 @@ class Stack:
                     # local is a developer's own loop (edit, revert, serve again)
                     allow_rollback=cfg.allow_rollback or cfg.env == "local",
                 )
-                evaluator = OpaEvaluator(self.opa.url, expected_revision=self.bundle.revision)
+                # Judge only while /v1/status shows the pinned revision active and its last
+                # download verified recently (a tampered file on disk fails the next poll).
+                evaluator = ReadinessGatedEvaluator(
+                    OpaEvaluator(self.opa.url, expected_revision=self.bundle.revision),
+                    PolicyReadiness(
+                        self.opa.url, bundle=BUNDLE_NAME, expected_revision=self.bundle.revision
+                    ),
+                )
             self.ledger = connect_ledger(
                 cfg.ledger_url,
                 token=cfg.ledger_token,
