@@ -338,7 +338,12 @@ class RemoteLedger:
                 h = _hash(c.hash)
             except _Malformed as e:
                 self._malformed("Append", str(e))
-            out.append(Confirmation(c.event_id, c.decision_id, c.sequence, c.global_seq, h))
+            # same reference a local SqlLedger gives: the first checkpoint covering global_seq
+            out.append(
+                Confirmation(
+                    c.event_id, c.decision_id, c.sequence, c.global_seq, h, checkpoint=c.global_seq
+                )
+            )
         if resp.HasField("checkpoint"):
             self.last_checkpoint = self._checkpoint("Append", resp.checkpoint)
         return out

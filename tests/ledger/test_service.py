@@ -135,6 +135,8 @@ def test_round_trip_matches_in_process(svc: Service) -> None:
         ("d-2", 1, 3),
     ]
     assert local[0].global_seq == 4
+    # the checkpoint reference is the same as a local append's (covered from global_seq on)
+    assert [c.checkpoint for c in confs] == [1, 2, 3] and local[0].checkpoint == 4
     for d in ("d-1", "d-2"):
         remote_stream = w.get_stream(d)
         assert remote_stream == svc.ledger.get_stream(d)
