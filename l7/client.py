@@ -56,6 +56,7 @@ def decision_json(d: pb.Decision) -> dict[str, Any]:
         d, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
     out["outcome"] = _OUTCOME[d.outcome]
+    out["policy_outcome"] = _OUTCOME[d.policy_outcome]  # UNSPECIFIED: policy never judged it
     out["status"] = _STATUS[d.status]
     out["action"]["class"] = out["action"].pop("action_class")  # the request's JSON name
     out["action"].setdefault("payload", {})  # an empty Struct is omitted by MessageToDict

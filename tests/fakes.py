@@ -96,12 +96,14 @@ class MemoryLedger:
         self.fail = True
 
 
-def judgement(outcome: Outcome = Outcome.ALLOW, *, revision: str = "rev-1") -> Judgement:
+def judgement(
+    outcome: Outcome = Outcome.ALLOW, *, revision: str = "rev-1", mode: str = "enforced"
+) -> Judgement:
     clauses = () if outcome is Outcome.ALLOW else (Clause("managers", 3, 2),)
     return Judgement(
         outcome=outcome,
         environment="dev",
-        enforcement_mode="enforced",
+        enforcement_mode=mode,
         gates=(
             Gate("input_complete", "Input complete", outcome is not Outcome.DENY, "ok", "high"),
         ),

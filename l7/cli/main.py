@@ -19,6 +19,7 @@ from typing import Any
 
 from l7.cli.authority import add_authority_commands
 from l7.cli.certs import add_certs_commands, add_tls_flag, tls_credentials, tls_dir
+from l7.cli.decision import add_replay_command
 from l7.cli.ledger_cmds import add_ledger_commands
 from l7.engine.state import fold_decision
 from l7.errors import ConfigError, L7Error, RequestInvalid
@@ -357,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("decision_id")
     ledger_flag(show)
     show.set_defaults(fn=cmd_decision_show)
+    add_replay_command(dsub, ledger_flag)
 
     add_ledger_commands(sub, ledger_flag)
 

@@ -227,7 +227,7 @@ class Engine:
         decision_id = DecisionId(str(uuid.uuid4()))
         now = self.clock()
         created_at = now.isoformat().replace("+00:00", "Z")
-        judgement, reason_code, reasons = self._judge(decision_id, request)
+        judgement, reason_code, reasons, policy_input = self._judge(decision_id, request)
         if judgement is None:
             request = _payload_digest_only(request)
         events = decision_events(
@@ -238,6 +238,7 @@ class Engine:
             reason_code=reason_code,
             reasons=reasons,
             now=int(now.timestamp()),
+            policy_input=policy_input,
         )
         try:
             confirmations = self.ledger.append(events)
@@ -254,8 +255,9 @@ class Engine:
 
     def _judge(
         self, decision_id: str, request: DecisionRequest
-    ) -> tuple[Judgement | None, str, tuple[str, ...]]:
-        """Policy's judgement, or None with the reason policy was not (or could not be) asked."""
+    ) -> tuple[Judgement | None, str, tuple[str, ...], dict[str, Any] | None]:
+        """Policy's judgement, or None with the reason policy was not (or could not be) asked;
+        last, the exact input policy judged (recorded for ``l7 decision replay``)."""
         restricted = self.restriction.state()
         if restricted.active:
             return (
@@ -265,6 +267,7 @@ class Engine:
                     f"restriction mode since {restricted.since}: the ledger failed verification "
                     f"({restricted.reason}); governed actions are denied until an L4 clears it",
                 ),
+                None,
             )
         policy_input = request.to_dict()
         refs = secret_refs(request.action.payload)
@@ -273,13 +276,13 @@ class Engine:
                 policy_input["secrets"] = self._ref_metadata(refs)
             except SecretsDegraded as e:
                 log.warning("decision %s denied: secrets degraded: %s", decision_id, e)
-                return None, SecretsDegraded.reason, (str(e),)
+                return None, SecretsDegraded.reason, (str(e),), None
         try:
             judgement = self.policy.evaluate(policy_input)
         except PolicyStoreDegraded as e:
             log.warning("decision %s denied: policy store degraded: %s", decision_id, e)
-            return None, PolicyStoreDegraded.reason, (str(e),)
-        return judgement, "policy", judgement.reasons
+            return None, PolicyStoreDegraded.reason, (str(e),), None
+        return judgement, "policy", judgement.reasons, policy_input
 
     def _ref_metadata(self, refs: list[SecretRef]) -> list[dict[str, object]]:
         """What policy may know of each reference: where it points and whether it exists

@@ -6,8 +6,22 @@ A Decide writes its whole stream in one atomic ledger batch::
     policy.gate  (xN)     one per gate, with result and reason from policy metadata
     risk.scored           score, band, reasons
     authority.required    levels, signatures, co-sign, clauses
-    decision.evaluated    outcome and environment (draft -> evaluated)
-    enforcement.result    outcome, status and reason code (evaluated -> next state)
+    decision.evaluated    policy's outcome, environment, enforcement mode and what replay
+                          needs to rebuild the exact OPA input (draft -> evaluated)
+    enforcement.result    the *effective* outcome after the enforcement mode, policy's own
+                          outcome, status and reason code (evaluated -> next state)
+
+Enforcement modes (docs/0007-enforcement-modes.md) come only from the signed policy
+result: ``enforced`` makes policy's outcome the effective one; ``guarded`` waives a
+QUEUE (routine authority) into an effective ALLOW, recorded as ``waived: "authority"``,
+but a DENY or an ESCALATE still blocks; ``advisory`` records policy's outcome and
+never blocks (``waived: "policy"``). A decision policy never judged is a DENY in any
+mode.
+
+``decision.evaluated.policy_input`` is ``{"sha256": <of the RFC 8785 input>, "extra":
+{...}}``: the input OPA evaluated is ``decision.created.request`` plus ``extra`` (the
+secret reference metadata the engine added, never a value), and the digest proves a
+rebuilt input is exactly the one judged (``l7 decision replay``).
 
 When policy could not be consulted only ``decision.created`` and an
 ``enforcement.result`` with DENY / ``policy_store_degraded`` are written.
@@ -16,20 +30,123 @@ When policy could not be consulted only ``decision.created`` and an
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
 
+from l7.crypto import canonical, sha256_hex
 from l7.domain import Clause, DecisionRequest, Judgement, Outcome, Status
 from ledger import EventType, NewEvent
 
 __all__ = [
     "UNKNOWN_POLICY_VERSION",
+    "Enforcement",
+    "Mode",
+    "apply_enforcement",
     "clauses_json",
     "decision_events",
+    "enforcement_payload",
     "evaluation_events",
     "idempotency_unique_key",
+    "policy_input_record",
 ]
 
 UNKNOWN_POLICY_VERSION = ""
+_REQUEST_KEYS = ("action", "context")
+
+
+class Mode(str, Enum):
+    """How a policy outcome becomes the effective outcome."""
+
+    ADVISORY = "advisory"
+    GUARDED = "guarded"
+    ENFORCED = "enforced"
+
+    @classmethod
+    def parse(cls, value: str) -> Mode:
+        """Anything that is not a known mode is enforced (fail closed)."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.ENFORCED
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    """Policy's outcome, and what the enforcement mode in force makes of it."""
+
+    mode: Mode
+    policy_outcome: Outcome
+    outcome: Outcome
+    """The effective outcome: what the caller is answered and the gateway honours."""
+    waived: str | None = None
+    """None, "authority" (guarded: a QUEUE let through) or "policy" (advisory)."""
+
+    @property
+    def reason_code(self) -> str:
+        return f"{self.mode.value}_mode" if self.waived else "policy"
+
+    @property
+    def note(self) -> str | None:
+        if self.waived == "authority":
+            return (
+                f"guarded mode: policy answered {self.policy_outcome.value} (authority "
+                "required); approval waived, effective outcome ALLOW"
+            )
+        if self.waived == "policy":
+            return (
+                f"advisory mode: policy answered {self.policy_outcome.value}; recorded, "
+                "not enforced: effective outcome ALLOW"
+            )
+        return None
+
+
+def apply_enforcement(judgement: Judgement) -> Enforcement:
+    """The effective outcome of a policy judgement under its enforcement mode.
+
+    guarded never lets a DENY (or any failed gate) or an ESCALATE (critical risk) through;
+    only advisory, which the signed policy must explicitly allow for the environment,
+    turns those into an effective ALLOW."""
+    mode = Mode.parse(judgement.enforcement_mode)
+    policy = judgement.outcome
+    if policy is Outcome.ALLOW or mode is Mode.ENFORCED:
+        return Enforcement(mode, policy, policy)
+    if mode is Mode.ADVISORY:
+        return Enforcement(mode, policy, Outcome.ALLOW, "policy")
+    gates_ok = all(g.passed for g in judgement.gates)
+    if policy is Outcome.QUEUE and gates_ok:
+        return Enforcement(mode, policy, Outcome.ALLOW, "authority")
+    return Enforcement(mode, policy, policy)
+
+
+def enforcement_payload(
+    enforcement: Enforcement, reason_code: str, reasons: Iterable[str]
+) -> dict[str, object]:
+    """The ``enforcement.result`` payload for a judged decision (Decide and re-judgement)."""
+    status = Status.after_evaluation(enforcement.outcome)
+    note = enforcement.note
+    payload: dict[str, object] = {
+        "status": status.value,
+        "outcome": enforcement.outcome.value,
+        "policy_outcome": enforcement.policy_outcome.value,
+        "reason_code": enforcement.reason_code if enforcement.waived else reason_code,
+        "reasons": [*([note] if note else []), *reasons],
+        "enforcement_mode": enforcement.mode.value,
+    }
+    if enforcement.waived:
+        payload["waived"] = enforcement.waived
+    return payload
+
+
+def policy_input_record(policy_input: Mapping[str, Any]) -> dict[str, object]:
+    """What replay needs to rebuild the exact OPA input: its digest, and whatever the engine
+    added beside the request (secret reference metadata: where a reference points and
+    whether it exists, never a value). The request itself is ``decision.created.request``."""
+    return {
+        "sha256": sha256_hex(canonical(dict(policy_input))),
+        "extra": {k: v for k, v in policy_input.items() if k not in _REQUEST_KEYS},
+    }
 
 
 def idempotency_unique_key(actor_id: str, key: str) -> str:
@@ -46,8 +163,11 @@ def decision_events(
     reason_code: str,
     reasons: tuple[str, ...],
     now: int,
+    policy_input: Mapping[str, Any] | None = None,
 ) -> list[NewEvent]:
-    """The stream of a new decision; ``now`` (unix seconds) anchors its deadlines."""
+    """The stream of a new decision; ``now`` (unix seconds) anchors its deadlines.
+
+    ``policy_input`` is the exact input OPA evaluated (recorded by digest + extras)."""
     actor = request.context.actor.id
     version = judgement.policy_version if judgement else UNKNOWN_POLICY_VERSION
     unique = (
@@ -71,26 +191,21 @@ def decision_events(
         )
     ]
     if judgement is None:
-        outcome, status, mode = Outcome.DENY, Status.DENIED, "enforced"
+        # Policy never judged it, so no mode is known: DENY, whatever the bundle says.
+        result: dict[str, object] = {
+            "status": Status.DENIED.value,
+            "outcome": Outcome.DENY.value,
+            "reason_code": reason_code,
+            "reasons": list(reasons),
+            "enforcement_mode": Mode.ENFORCED.value,
+        }
     else:
-        outcome, status, mode = (
-            judgement.outcome,
-            Status.after_evaluation(judgement.outcome),
-            judgement.enforcement_mode,
+        extra: dict[str, object] | None = (
+            {"policy_input": policy_input_record(policy_input)} if policy_input else None
         )
-        events.extend(evaluation_events(decision_id, actor, judgement, now=now))
-    events.append(
-        ev(
-            EventType.ENFORCEMENT_RESULT,
-            {
-                "status": status.value,
-                "outcome": outcome.value,
-                "reason_code": reason_code,
-                "reasons": list(reasons),
-                "enforcement_mode": mode,
-            },
-        )
-    )
+        events.extend(evaluation_events(decision_id, actor, judgement, now=now, extra=extra))
+        result = enforcement_payload(apply_enforcement(judgement), reason_code, reasons)
+    events.append(ev(EventType.ENFORCEMENT_RESULT, result))
     return events
 
 

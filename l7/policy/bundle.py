@@ -46,7 +46,15 @@ signing policy (``null``) is refused: fail closed.
 revision to ``.build/activations/<env>.json``; activating a revision that was
 activated before but is not the newest one ever activated is a rollback and is
 refused unless ``allow_rollback=True`` (``--allow-rollback``).
-``activation_record`` is the ``policy.activated`` ledger payload.
+``activation_record`` is the ``policy.activated`` ledger payload; it names the
+enforcement configuration the bundle carries (``l7/deployment`` ``enforcement``) and
+the one in force before, so every change of enforcement mode is a
+``policy.activated`` event (docs/0007-enforcement-modes.md).
+
+**The bundle store.** ``<work_dir>/bundles/<digest>.tar.gz`` keeps every built
+bundle under its own digest; ``open_stored_bundle`` re-opens one (e.g. for
+``l7 decision replay``) and checks its digest, its signature (by a trusted key,
+for the environment's scope) and the revision its ``.manifest`` names.
 """
 
 from __future__ import annotations
@@ -91,12 +99,15 @@ __all__ = [
     "activation_record",
     "activations_path",
     "build_bundle",
+    "bundle_enforcement",
     "compute_revision",
     "is_rollback",
     "lock_path",
+    "open_stored_bundle",
     "promote",
     "read_activations",
     "read_lock",
+    "stored_revisions",
     "verify_built",
     "verify_lock",
     "write_lock",
@@ -625,6 +636,10 @@ class Activation:
     signer_kid: str | None
     at: str
     rollback: bool = False
+    digest: str | None = None
+    """The stored (signed) tarball's digest; None in entries written before it was kept."""
+    enforcement: Mapping[str, Any] | None = None
+    """The enforcement configuration the bundle carried; None if unknown (older entries)."""
 
 
 def activations_path(env: str, work_dir: Path) -> Path:
@@ -650,6 +665,7 @@ def read_activations(env: str, work_dir: Path) -> tuple[Activation, ...]:
     for entry in entries:
         try:
             kid = entry.get("signer_kid")
+            enforcement = entry.get("enforcement")
             out.append(
                 Activation(
                     revision=_hex64(entry, "revision", path),
@@ -657,6 +673,8 @@ def read_activations(env: str, work_dir: Path) -> tuple[Activation, ...]:
                     signer_kid=kid if isinstance(kid, str) else None,
                     at=str(entry["at"]),
                     rollback=bool(entry.get("rollback", False)),
+                    digest=_hex64(entry, "digest", path) if entry.get("digest") else None,
+                    enforcement=enforcement if isinstance(enforcement, dict) else None,
                 )
             )
         except (AttributeError, KeyError) as err:
@@ -685,7 +703,11 @@ def is_rollback(revision: str, history: Sequence[Activation]) -> bool:
 def activation_record(
     env: str, built: BuiltBundle, previous: Sequence[Activation]
 ) -> dict[str, Any]:
-    """The ``policy.activated`` payload for activating ``built`` after ``previous``."""
+    """The ``policy.activated`` payload for activating ``built`` after ``previous``.
+
+    ``enforcement`` is the configuration the signed bundle carries and
+    ``previous_enforcement`` the one in force before (None: nothing was active, or the
+    previous entry predates this record), so a mode change is visible on the record."""
     return {
         "env": env,
         "revision": built.revision,
@@ -694,7 +716,33 @@ def activation_record(
         "signer_kid": built.signer.kid if built.signer else None,
         "previous_revision": previous[-1].revision if previous else None,
         "rollback": is_rollback(built.revision, previous),
+        "enforcement": bundle_enforcement(built.path),
+        "previous_enforcement": (
+            dict(previous[-1].enforcement)
+            if previous and previous[-1].enforcement is not None
+            else None
+        ),
     }
+
+
+def bundle_enforcement(path: Path) -> dict[str, Any] | None:
+    """The ``enforcement`` object of the deployment data inside a built bundle (``{}`` when
+    the deployment data sets none: every mode then resolves to enforced; None when there
+    is no bundle file to read it from)."""
+    if not path.is_file():
+        return None
+    try:
+        raw = _members(path).get("data.json")
+    except (OSError, tarfile.TarError, EOFError) as e:
+        raise BundleError(f"{path} is not a readable bundle tarball: {e}") from e
+    try:
+        data = json.loads(raw) if raw is not None else {}
+    except ValueError as e:
+        raise BundleError(f"{path}: data.json is not JSON: {e}") from e
+    node: Any = data
+    for key in ("l7", "deployment", "enforcement"):
+        node = node.get(key) if isinstance(node, dict) else None
+    return dict(node) if isinstance(node, dict) else {}
 
 
 @contextmanager
@@ -744,6 +792,8 @@ def activate(
                 "signer_kid": a.signer_kid,
                 "at": a.at,
                 "rollback": a.rollback,
+                **({"digest": a.digest} if a.digest else {}),
+                **({"enforcement": dict(a.enforcement)} if a.enforcement is not None else {}),
             }
             for a in history
         ]
@@ -754,9 +804,75 @@ def activate(
                 "signer_kid": record["signer_kid"],
                 "at": at,
                 "rollback": record["rollback"],
+                "digest": built.digest,
+                "enforcement": record["enforcement"],
             }
         )
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"env": env, "activations": entries}, indent=2) + "\n")
         os.replace(tmp, path)
     return record
+
+
+# -- the bundle store (replay) -----------------------------------------------------------
+
+
+def _manifest_revision(path: Path) -> str:
+    try:
+        raw = _members(path).get(".manifest")
+        manifest = json.loads(raw) if raw is not None else None
+    except (OSError, tarfile.TarError, EOFError, ValueError) as e:
+        raise BundleError(f"{path} is not a readable bundle tarball: {e}") from e
+    rev = manifest.get("revision") if isinstance(manifest, dict) else None
+    if not isinstance(rev, str) or not _HEX64_RE.match(rev):
+        raise BundleError(f"{path}: its .manifest names no revision")
+    return rev
+
+
+def stored_revisions(store: Path) -> dict[str, list[Path]]:
+    """Revision -> stored tarballs with that revision, for every readable bundle in ``store``
+    (a directory like ``.build/bundles``); unreadable files are skipped."""
+    out: dict[str, list[Path]] = {}
+    if not store.is_dir():
+        return out
+    for p in sorted(store.glob("*.tar.gz")):
+        try:
+            out.setdefault(_manifest_revision(p), []).append(p)
+        except BundleError:
+            continue
+    return out
+
+
+def open_stored_bundle(
+    path: Path, *, env: str, revision: str, trusted: Sequence[Signer]
+) -> BuiltBundle:
+    """Re-open a bundle from the store and check it is the one that judged ``revision``:
+    its file name is its sha256, a ``trusted`` key signed it for ``env``'s scope, and its
+    ``.manifest`` names ``revision``. Raises ``BundleError`` (reason ``bundle_unavailable``
+    when the file is missing) naming what does not hold."""
+    _check_env(env)
+    if not path.is_file():
+        raise BundleError(f"bundle {path} is not in the store", reason="bundle_unavailable")
+    digest = _sha256_file(path)
+    if path.name != f"{digest}.tar.gz":
+        raise BundleError(f"{path} is not named by its content (sha256 {digest}); it changed")
+    if not trusted:
+        raise BundleError(
+            f"no trusted bundle-signing key to check {path} with; pass --trust-key PEM "
+            "(the .pub beside the signing key) or pin signers in the lock"
+        )
+    scope = bundle_scope(env)
+    signer, signed = verify_bundle_signature(path, {s.kid: s for s in trusted}, scope=scope)
+    found = _manifest_revision(path)
+    if found != revision:
+        raise BundleError(f"{path} holds revision {found}, not {revision}")
+    files = {n: d for n, d in signed.items() if n not in (".manifest",)}
+    return BuiltBundle(
+        env=env,
+        revision=revision,
+        path=path,
+        bundle_sha256="",
+        files=MappingProxyType(dict(sorted(files.items()))),
+        signer=signer,
+        digest=digest,
+    )

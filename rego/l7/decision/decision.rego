@@ -44,7 +44,7 @@ result := {
 	"risk": {"score": risk.score, "band": risk.band, "reasons": risk.reasons},
 	"authority": authority.requirements,
 	"lifecycle": authority.lifecycle,
-	"reasons": reasons,
+	"reasons": _all_reasons,
 }
 
 # outcome: any failed gate denies; then critical escalates; then no signatures allows.
@@ -82,18 +82,58 @@ _clauses_text := concat(", ", [sprintf("%v at level >= %v (%s)", [c.count, c.min
 
 # enforcement_mode comes from the signed deployment data, never from the request:
 # a per-class override, else the environment's mode, else the bundle default,
-# else "enforced". A value that is not a known mode is ignored.
+# else "enforced". A mode other than "enforced" takes effect only in an
+# environment the deployment data lists in enforcement.allow_relaxed (so
+# production is never advisory unless the signed policy itself says so); a
+# value that is not a known mode, or a relaxed mode that is not allowed,
+# resolves to "enforced" and says why in the reasons.
 default enforcement_mode := "enforced"
 
-enforcement_mode := m if {
+enforcement_mode := _requested_mode if {
+	_requested_mode in {"advisory", "guarded"}
+	_relaxed_allowed
+}
+
+_requested_mode := m if {
 	m := data.l7.deployment.enforcement.classes[input.action.class]
-	m in _modes
 } else := m if {
 	m := data.l7.deployment.enforcement.environments[lib.environment]
-	m in _modes
 } else := m if {
 	m := data.l7.deployment.enforcement["default"]
-	m in _modes
+} else := "enforced"
+
+_relaxed_allowed if {
+	allowed := data.l7.deployment.enforcement.allow_relaxed
+	is_array(allowed)
+	lib.environment in allowed
 }
 
 _modes := {"advisory", "guarded", "enforced"}
+
+# enforcement_reasons says why the mode in force is what it is, when that is not plain "enforced".
+enforcement_reasons contains msg if {
+	not _requested_mode in _modes
+	msg := sprintf(
+		"enforcement mode %s in the deployment data is not one of advisory, guarded, enforced: enforced",
+		[json.marshal(_requested_mode)],
+	)
+}
+
+enforcement_reasons contains msg if {
+	_requested_mode in {"advisory", "guarded"}
+	not _relaxed_allowed
+	msg := sprintf(
+		"enforcement mode %s requested, but environment %s is not in enforcement.allow_relaxed: enforced",
+		[_requested_mode, lib.environment],
+	)
+}
+
+enforcement_reasons contains msg if {
+	enforcement_mode != "enforced"
+	msg := sprintf(
+		"enforcement mode %s for environment %s (signed deployment data)",
+		[enforcement_mode, lib.environment],
+	)
+}
+
+_all_reasons := array.concat(reasons, sort([m | some m in enforcement_reasons]))

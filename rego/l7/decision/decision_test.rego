@@ -172,33 +172,89 @@ test_outcomes_per_class_and_environment if {
 
 _dep(enf) := object.union(_local, {"enforcement": enf})
 
+_relaxed := ["dev", "staging"]
+
 test_enforcement_mode_precedence if {
 	req := _req("data.read", "dev", "dataset", 1, {})
 	decision.enforcement_mode == "guarded" with input as req
-		with data.l7.deployment as _dep({"default": "enforced", "environments": {"dev": "advisory"}, "classes": {"data.read": "guarded"}})
+		with data.l7.deployment as _dep({"default": "enforced", "environments": {"dev": "advisory"}, "classes": {"data.read": "guarded"}, "allow_relaxed": _relaxed})
 	decision.enforcement_mode == "advisory" with input as req
-		with data.l7.deployment as _dep({"default": "enforced", "environments": {"dev": "advisory"}, "classes": {"deploy.release": "guarded"}})
+		with data.l7.deployment as _dep({"default": "enforced", "environments": {"dev": "advisory"}, "classes": {"deploy.release": "guarded"}, "allow_relaxed": _relaxed})
 	decision.enforcement_mode == "guarded" with input as req
-		with data.l7.deployment as _dep({"default": "guarded", "environments": {"production": "advisory"}})
+		with data.l7.deployment as _dep({"default": "guarded", "environments": {"production": "advisory"}, "allow_relaxed": _relaxed})
 	decision.enforcement_mode == "enforced" with input as req with data.l7.deployment as _local
 	decision.enforcement_mode == "enforced" with input as req with data.l7.deployment as _dep({})
 }
 
-test_unknown_enforcement_modes_are_ignored if {
+test_a_class_can_be_held_to_enforced_in_a_relaxed_environment if {
+	req := _req("data.delete", "dev", "table", 2, {})
+	r := decision.result with input as req
+		with data.l7.deployment as _dep({"default": "advisory", "classes": {"data.delete": "enforced"}, "allow_relaxed": _relaxed})
+	r.enforcement_mode == "enforced"
+	r.outcome == "QUEUE"
+}
+
+test_unknown_enforcement_modes_resolve_to_enforced_with_a_reason if {
 	req := _req("data.read", "dev", "dataset", 1, {})
-	decision.enforcement_mode == "enforced" with input as req
-		with data.l7.deployment as object.union(_local, {"enforcement": {
+	r := decision.result with input as req
+		with data.l7.deployment as _dep({
 			"default": "off",
-			"environments": {"dev": "disabled"},
+			"environments": {"dev": "advisory"},
 			"classes": {"data.read": false},
-		}})
+			"allow_relaxed": _relaxed,
+		})
+
+	# the most specific setting is invalid: it does not fall through to a laxer one
+	r.enforcement_mode == "enforced"
+	"enforcement mode false in the deployment data is not one of advisory, guarded, enforced: enforced" in r.reasons
+	r2 := decision.result with input as req
+		with data.l7.deployment as _dep({"default": "off", "allow_relaxed": _relaxed})
+	r2.enforcement_mode == "enforced"
+	`enforcement mode "off" in the deployment data is not one of advisory, guarded, enforced: enforced` in r2.reasons
 }
 
 test_enforcement_mode_is_reported_in_the_result if {
 	r := decision.result with input as _req("data.read", "dev", "dataset", 1, {})
-		with data.l7.deployment as object.union(_local, {"enforcement": {"environments": {"dev": "advisory"}}})
+		with data.l7.deployment as _dep({"environments": {"dev": "advisory"}, "allow_relaxed": ["dev"]})
 	r.enforcement_mode == "advisory"
 	r.outcome == "ALLOW"
+	r.reasons == [
+		"all 7 gates passed; risk 5 (low) needs no signatures",
+		"enforcement mode advisory for environment dev (signed deployment data)",
+	]
+}
+
+test_production_is_never_relaxed_unless_the_deployment_allows_it if {
+	req := _req("deploy.release", "production", "service", 1, {})
+	every enf in [
+		{"environments": {"production": "advisory"}},
+		{"default": "advisory", "allow_relaxed": ["dev", "staging"]},
+		{"classes": {"deploy.release": "guarded"}, "allow_relaxed": ["dev"]},
+		{"default": "advisory", "allow_relaxed": "production"},
+		{"default": "advisory", "allow_relaxed": {"production": true}},
+	] {
+		r := decision.result with input as req with data.l7.deployment as _dep(enf)
+		r.enforcement_mode == "enforced"
+		r.outcome == "QUEUE"
+		some msg in r.reasons
+		contains(msg, "is not in enforcement.allow_relaxed: enforced")
+	}
+	ok := decision.result with input as req
+		with data.l7.deployment as _dep({"environments": {"production": "guarded"}, "allow_relaxed": ["production"]})
+	ok.enforcement_mode == "guarded"
+	ok.outcome == "QUEUE"
+}
+
+test_an_unknown_environment_is_judged_as_production_for_the_mode_too if {
+	r := decision.result with input as _req("data.read", "moon", "dataset", 1, {})
+		with data.l7.deployment as _dep({"default": "advisory", "allow_relaxed": ["dev", "staging"]})
+	r.enforcement_mode == "enforced"
+}
+
+test_the_mode_never_comes_from_the_request if {
+	req := object.union(_req("data.read", "dev", "dataset", 1, {}), {"enforcement_mode": "advisory", "enforcement": {"allow_relaxed": ["dev"]}})
+	r := decision.result with input as req with data.l7.deployment as _local
+	r.enforcement_mode == "enforced"
 }
 
 test_result_falls_back_to_a_full_deny_when_data_is_broken if {

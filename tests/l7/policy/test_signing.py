@@ -330,6 +330,8 @@ def test_rollback_is_refused_unless_explicit(tmp_path: Path) -> None:
         "signer_kid": "l7b-aaaaaaaaaaaaaaaa",
         "previous_revision": None,
         "rollback": False,
+        "enforcement": None,
+        "previous_enforcement": None,
     }
     assert activate("production", a, work_dir=tmp_path) is None  # a restart
     assert activate("production", b, work_dir=tmp_path)["previous_revision"] == a.revision  # type: ignore[index]
