@@ -29,7 +29,13 @@ from l7.authority.keys import KeyRegistry
 from l7.authority.quorum import Approver, evaluate_quorum
 from l7.domain import MAX_LEVEL, Band, Clause, Decision, Outcome, Status
 from l7.engine.engine import Engine, _KeyLocks
-from l7.engine.events import clauses_json, evaluation_events
+from l7.engine.events import (
+    apply_enforcement,
+    clauses_json,
+    enforcement_payload,
+    evaluation_events,
+    policy_input_record,
+)
 from l7.errors import (
     ApprovalInvalid,
     Forbidden,
@@ -223,7 +229,10 @@ class AuthorityService:
 
     def _rejudge(self, d: Decision, now: int) -> Decision:
         """If the active policy revision changed, re-judge: earlier approvals are void."""
-        judgement = self.engine.policy.evaluate(d.request.to_dict())
+        # The same input Decide gives policy (secret reference metadata included), recorded
+        # the same way, and the same enforcement mode applied: replay and modes hold here too.
+        policy_input = self.engine.policy_input(d.request)
+        judgement = self.engine.policy.evaluate(policy_input)
         if d.judgement is not None and judgement.policy_version == d.judgement.policy_version:
             return d
         voided = len(d.authority_state.approvals)
@@ -237,26 +246,25 @@ class AuthorityService:
                 "reevaluated": True,
                 "previous_policy_version": d.policy_version,
                 "voided_approvals": voided,
+                "policy_input": policy_input_record(policy_input),
             },
         )
-        status = Status.after_evaluation(judgement.outcome)
+        enforcement = apply_enforcement(judgement)
         events.append(
             NewEvent(
                 d.decision_id,
                 _E.ENFORCEMENT_RESULT,
                 actor,
                 judgement.policy_version,
-                {
-                    "status": status.value,
-                    "outcome": judgement.outcome.value,
-                    "reason_code": "policy_changed",
-                    "reasons": [
+                enforcement_payload(
+                    enforcement,
+                    "policy_changed",
+                    [
                         f"policy revision changed from {d.policy_version[:12]} to "
                         f"{judgement.policy_version[:12]}; {voided} earlier approvals are void",
                         *judgement.reasons,
                     ],
-                    "enforcement_mode": judgement.enforcement_mode,
-                },
+                ),
             )
         )
         self._append(events)

@@ -269,20 +269,26 @@ class Engine:
                 ),
                 None,
             )
-        policy_input = request.to_dict()
-        refs = secret_refs(request.action.payload)
-        if refs:
-            try:
-                policy_input["secrets"] = self._ref_metadata(refs)
-            except SecretsDegraded as e:
-                log.warning("decision %s denied: secrets degraded: %s", decision_id, e)
-                return None, SecretsDegraded.reason, (str(e),), None
+        try:
+            policy_input = self.policy_input(request)
+        except SecretsDegraded as e:
+            log.warning("decision %s denied: secrets degraded: %s", decision_id, e)
+            return None, SecretsDegraded.reason, (str(e),), None
         try:
             judgement = self.policy.evaluate(policy_input)
         except PolicyStoreDegraded as e:
             log.warning("decision %s denied: policy store degraded: %s", decision_id, e)
             return None, PolicyStoreDegraded.reason, (str(e),), None
         return judgement, "policy", judgement.reasons, policy_input
+
+    def policy_input(self, request: DecisionRequest) -> dict[str, Any]:
+        """The exact input policy judges: the request, plus the metadata of any secret
+        reference in it (raises SecretsDegraded when that cannot be looked up)."""
+        policy_input = request.to_dict()
+        refs = secret_refs(request.action.payload)
+        if refs:
+            policy_input["secrets"] = self._ref_metadata(refs)
+        return policy_input
 
     def _ref_metadata(self, refs: list[SecretRef]) -> list[dict[str, object]]:
         """What policy may know of each reference: where it points and whether it exists

@@ -456,6 +456,25 @@ def test_policy_revision_change_voids_earlier_approvals(world: World, tmp_path: 
     ]
     assert evaluated[-1]["reevaluated"] is True
     assert evaluated[-1]["voided_approvals"] == 1
+    # the re-judgement is replayable like the first one: the exact input, by digest
+    from l7.crypto import canonical, sha256_hex
+
+    request = next(
+        e.payload["request"]
+        for e in world.stack.ledger.get_stream(d["decision_id"])
+        if e.event_type == "decision.created"
+    )
+    assert evaluated[-1]["policy_input"] == {
+        "sha256": sha256_hex(canonical(request)),
+        "extra": {},
+    }
+    results = [
+        e.payload
+        for e in world.stack.ledger.get_stream(d["decision_id"])
+        if e.event_type == "enforcement.result"
+    ]
+    assert results[-1]["reason_code"] == "policy_changed"
+    assert results[-1]["policy_outcome"] == results[-1]["outcome"]  # enforced: no waiver
 
 
 # -- lifecycle -------------------------------------------------------------------------------
