@@ -267,7 +267,8 @@ class Stack:
                     tls=server_tls(cfg.cert_dir, "gateway") if cfg.cert_dir else None,
                 )
                 self.gateway_server.start()
-            if cfg.integrity_check_s > 0 and isinstance(self.ledger, SqlLedger):
+            # A ledger service is audited over gRPC (Verify/Audit) exactly like a local file.
+            if cfg.integrity_check_s > 0 and isinstance(self.ledger, SqlLedger | RemoteLedger):
                 restriction = self.engine.restriction
                 self.monitor = IntegrityMonitor(
                     self.ledger,

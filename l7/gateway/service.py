@@ -74,7 +74,9 @@ class GatewayService:
         self.verifier = verifier
         self.gateway_id = gateway_id
         self._clock = clock
-        self.restriction = Restriction(ledger)
+        # Boundary B re-reads restriction mode at every Authorize (no cache): a grant must
+        # never be consumed on a stale "all clear" after the ledger failed verification.
+        self.restriction = Restriction(ledger, ttl_s=0.0)
 
     def _decision(self, decision_id: str) -> Decision:
         try:
