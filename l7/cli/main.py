@@ -119,6 +119,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
             integrity_check_s=a.integrity_every_s,
             cert_dir=tls_dir(a),
             rate_limit_url=a.rate_limit_db,
+            grant_key=Path(a.grant_key) if a.grant_key else None,
         )
     )
     stack.start()
@@ -332,6 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--transit-key", help="OpenBao transit key for envelope fields")
     sp.add_argument(
         "--integrity-every-s", type=float, default=300.0, help="re-verify the ledger (0: off)"
+    )
+    sp.add_argument(
+        "--grant-key",
+        help="Ed25519 key signing execution grants (created if missing; default "
+        ".build/keys/grant.pem); replicas behind one gateway share it",
     )
     sp.add_argument(
         "--rate-limit-db",
