@@ -16,6 +16,7 @@ from l7.gateway.client import Governed, current_execution
 def build(gov: Governed, sandbox: Path, accounts: dict[str, int]) -> dict[str, Any]:
     @gov.tool(
         "data.read",
+        tool="read_file",
         target=lambda name: ("file", name),
         intent=lambda name: f"read {name}",
     )
@@ -24,6 +25,7 @@ def build(gov: Governed, sandbox: Path, accounts: dict[str, int]) -> dict[str, A
 
     @gov.tool(
         "data.delete",
+        tool="delete_file",
         target=lambda name: ("file", name),
         payload=lambda name: {"blast_radius": 1},
         intent=lambda name: f"delete {name} from the sandbox",
@@ -34,6 +36,7 @@ def build(gov: Governed, sandbox: Path, accounts: dict[str, int]) -> dict[str, A
 
     @gov.tool(
         "funds.transfer",
+        tool="transfer",
         target=lambda src, dst, amount: ("account", src),
         payload=lambda src, dst, amount: {"amount": amount, "currency": "EUR", "to": dst},
         intent=lambda src, dst, amount: f"move {amount} EUR from {src} to {dst}",
@@ -47,6 +50,7 @@ def build(gov: Governed, sandbox: Path, accounts: dict[str, int]) -> dict[str, A
 
     @gov.tool(
         "debug.exec",
+        tool="debug_exec",
         target=lambda host, cmd: ("host", host),
         intent=lambda host, cmd: f"run {cmd!r} on {host}",
     )

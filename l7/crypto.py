@@ -65,6 +65,7 @@ _ED25519_PREFIX = "ed25519:"
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
 _TRANSIT = re.compile(r"vault:v([1-9][0-9]{0,8}):([A-Za-z0-9+/]+={0,2})")
 _ACTION_KEYS = frozenset({"class", "intent", "target", "payload"})
+_OPTIONAL_ACTION_KEYS = frozenset({"tool"})
 _TARGET_KEYS = frozenset({"type", "id"})
 
 _T = TypeVar("_T")
@@ -91,8 +92,10 @@ def sha256_hex(data: bytes) -> str:
 
 def intent_hash(action: Mapping[str, Any]) -> str:
     """What approvals bind to: ``sha256:`` + hex sha256 of JCS(action), where action is
-    exactly ``{"class", "intent", "target": {"type", "id"}, "payload"}``."""
-    keys = set(action)
+    exactly ``{"class", "intent", "target": {"type", "id"}, "payload"}`` plus, when the
+    request names the tool performing it, ``"tool"`` (so a grant for one tool cannot run
+    another)."""
+    keys = set(action) - _OPTIONAL_ACTION_KEYS
     if keys != _ACTION_KEYS:
         extra, missing = sorted(keys - _ACTION_KEYS), sorted(_ACTION_KEYS - keys)
         raise RequestInvalid(
@@ -109,6 +112,8 @@ def intent_hash(action: Mapping[str, Any]) -> str:
         "target": {"type": target["type"], "id": target["id"]},
         "payload": action["payload"],
     }
+    if action.get("tool"):  # absent and "" hash alike: requests from before tools existed
+        explicit["tool"] = action["tool"]
     return "sha256:" + sha256_hex(canonical(explicit))
 
 

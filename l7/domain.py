@@ -94,6 +94,8 @@ class Action:
     intent: str
     target: Target
     payload: Mapping[str, Any] = field(default_factory=dict)
+    tool: str = ""
+    """The tool performing the action, when the caller names it (policy's tool allowlist)."""
 
 
 @dataclass(frozen=True)
@@ -121,13 +123,16 @@ class DecisionRequest:
 
     def to_dict(self) -> dict[str, Any]:
         """The request as JSON (the shape policy input, the ledger and the CLI use)."""
+        action: dict[str, Any] = {
+            "class": self.action.action_class,
+            "intent": self.action.intent,
+            "target": {"type": self.action.target.type, "id": self.action.target.id},
+            "payload": dict(self.action.payload),
+        }
+        if self.action.tool:  # only when named: earlier requests keep their fingerprints
+            action["tool"] = self.action.tool
         return {
-            "action": {
-                "class": self.action.action_class,
-                "intent": self.action.intent,
-                "target": {"type": self.action.target.type, "id": self.action.target.id},
-                "payload": dict(self.action.payload),
-            },
+            "action": action,
             "context": {
                 "actor": {
                     "id": self.context.actor.id,

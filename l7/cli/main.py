@@ -45,19 +45,33 @@ def _print_json(obj: Any) -> None:
 
 
 def _read_request(path: str) -> dict[str, Any]:
+    """The request JSON from a file or stdin, within the request limits (size, nesting,
+    finite numbers) and of the DecideRequest shape; any problem is a one-line
+    RequestInvalid naming the file and, for a wrong shape, the field."""
+    from google.protobuf import json_format
+
+    from l7.engine.validate import MAX_JSON_BYTES, loads_json
+    from l7.server.convert import request_to_proto
+
     src = "stdin" if path == "-" else path
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        if path == "-":
+            data: str | bytes = sys.stdin.read(MAX_JSON_BYTES + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_JSON_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"{src}: cannot read request ({e.strerror})") from e
     except UnicodeDecodeError as e:
         raise RequestInvalid(src, "is not UTF-8 text") from e
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RequestInvalid(src, f"is not valid JSON: {e.msg} at line {e.lineno}") from e
+    obj = loads_json(data, src)
     if not isinstance(obj, dict):
         raise RequestInvalid(src, "must contain a JSON object")
+    try:
+        request_to_proto(obj)
+    except (json_format.ParseError, ValueError, TypeError, RecursionError) as e:
+        problem = " ".join(str(e).split())[:240] or type(e).__name__
+        raise RequestInvalid(src, f"does not fit l7.v1.DecideRequest: {problem}") from e
     return obj
 
 

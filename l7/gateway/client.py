@@ -176,9 +176,11 @@ class GovernedTool(Generic[P, R]):
         target: Callable[P, tuple[str, str]],
         payload: Callable[P, Mapping[str, Any]] | None,
         intent: Callable[P, str] | None,
+        tool: str | None = None,
     ) -> None:
         self._gov = gov
         self.action_class = action_class
+        self.tool = tool
         self._fn = _guard(fn)
         self._target = target
         self._payload = payload
@@ -188,7 +190,7 @@ class GovernedTool(Generic[P, R]):
 
     def action(self, *args: P.args, **kwargs: P.kwargs) -> dict[str, Any]:
         t_type, t_id = self._target(*args, **kwargs)
-        return {
+        out = {
             "class": self.action_class,
             "intent": self._intent(*args, **kwargs)
             if self._intent
@@ -196,6 +198,9 @@ class GovernedTool(Generic[P, R]):
             "target": {"type": t_type, "id": t_id},
             "payload": dict(self._payload(*args, **kwargs)) if self._payload else {},
         }
+        if self.tool:
+            out["tool"] = self.tool
+        return out
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self._gov._run(self, None, args, kwargs)
@@ -235,9 +240,13 @@ class Governed:
         target: Callable[..., tuple[str, str]],
         payload: Callable[..., Mapping[str, Any]] | None = None,
         intent: Callable[..., str] | None = None,
+        tool: str | None = None,
     ) -> Callable[[Callable[P, R]], GovernedTool[P, R]]:
+        """Govern ``fn`` as ``action_class``. ``tool`` names it to policy: the class's tool
+        allowlist then applies, and its grants are valid for this tool only."""
+
         def wrap(fn: Callable[P, R]) -> GovernedTool[P, R]:
-            return GovernedTool(self, action_class, fn, target, payload, intent)
+            return GovernedTool(self, action_class, fn, target, payload, intent, tool)
 
         return wrap
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from concurrent import futures
 
 import grpc
-from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from l7.engine.validate import struct_to_dict
 from l7.errors import ConfigError, RequestInvalid
 from l7.gateway.service import GatewayService
 from l7.server.convert import confirmation_to_proto
@@ -21,12 +21,15 @@ __all__ = ["GatewayServicer", "create_gateway_server"]
 
 
 def _action_dict(a: pb.Action) -> dict[str, object]:
-    return {
+    out: dict[str, object] = {
         "class": a.action_class,
         "intent": a.intent,
         "target": {"type": a.target.type, "id": a.target.id},
-        "payload": json_format.MessageToDict(a.payload),
+        "payload": struct_to_dict(a.payload, "action.payload"),
     }
+    if a.tool:  # the grant binds to the tool named at Decide (part of the intent hash)
+        out["tool"] = a.tool
+    return out
 
 
 class GatewayServicer(gpb_grpc.GatewayServicer):
@@ -57,7 +60,7 @@ class GatewayServicer(gpb_grpc.GatewayServicer):
             request.decision_id,
             request.execution_id,
             request.succeeded,
-            json_format.MessageToDict(request.result),
+            struct_to_dict(request.result, "result"),
         )
         return gpb.ConfirmExecutionResponse(ledger=confirmation_to_proto(c))
 

@@ -8,7 +8,8 @@ from google.protobuf import json_format
 
 from l7.domain import Decision, DecisionRequest, Outcome, Status
 from l7.engine.authority import requirement_progress
-from l7.engine.validate import request_from_dict
+from l7.engine.events import apply_enforcement
+from l7.engine.validate import request_from_dict, struct_to_dict
 from l7.v1 import governance_pb2 as pb
 
 __all__ = [
@@ -44,10 +45,12 @@ def request_from_proto(msg: pb.DecideRequest) -> DecisionRequest:
     if msg.HasField("action"):
         a = msg.action
         action: dict[str, Any] = {"class": a.action_class, "intent": a.intent}
+        if a.tool:
+            action["tool"] = a.tool
         if a.HasField("target"):
             action["target"] = {"type": a.target.type, "id": a.target.id}
         if a.HasField("payload"):
-            action["payload"] = json_format.MessageToDict(a.payload)
+            action["payload"] = struct_to_dict(a.payload, "action.payload")
         d["action"] = action
     if msg.HasField("context"):
         c = msg.context
@@ -97,6 +100,8 @@ def decision_to_proto(dec: Decision) -> pb.Decision:
     if j is not None:
         out.environment = j.environment
         out.enforcement_mode = j.enforcement_mode
+        out.policy_outcome = _OUTCOMES[j.outcome]
+        out.enforcement_waived = apply_enforcement(j).waived or ""
         out.risk.CopyFrom(
             pb.Risk(score=j.risk.score, band=j.risk.band.value, reasons=j.risk.reasons)
         )

@@ -7,8 +7,6 @@ here, once per call, and the verified ``Identity`` is all the layers below see.
 
 from __future__ import annotations
 
-import json
-
 import grpc
 
 from l7.authority.approval import SignedApproval, Verdict
@@ -16,11 +14,12 @@ from l7.domain import Decision, Status
 from l7.engine import Engine
 from l7.engine.authority import AuthorityService
 from l7.engine.breakglass import BreakGlassRequest, BreakGlassService
+from l7.engine.validate import MAX_ID, MAX_REASON_TEXT, check_text, loads_json
 from l7.errors import ApprovalInvalid, Forbidden, GrantRefused, RequestInvalid, Unauthenticated
 from l7.gateway.grant import GrantIssuer
 from l7.identity import Identity, TokenVerifier
 from l7.server.convert import confirmation_to_proto, decision_to_proto, request_from_proto
-from l7.tls import check_cnf_binding, peer_cert_der
+from l7.tls import check_cnf_binding, peer_cert_der, peer_spiffe_id
 from l7.v1 import governance_pb2 as pb
 from l7.v1 import governance_pb2_grpc as pb_grpc
 
@@ -40,10 +39,7 @@ def bearer_token(context: grpc.ServicerContext) -> str | None:
 def _signed(msg: pb.SignedApproval, field: str, verdict: Verdict) -> SignedApproval:
     if not msg.payload_json:
         raise RequestInvalid(f"{field}.payload_json", "is required")
-    try:
-        obj = json.loads(msg.payload_json)
-    except json.JSONDecodeError as e:
-        raise RequestInvalid(f"{field}.payload_json", f"is not valid JSON: {e.msg}") from e
+    obj = loads_json(msg.payload_json, f"{field}.payload_json")  # size, depth, NaN refused
     signed = SignedApproval.from_json(
         {"payload": obj, "method": msg.method, "signature": msg.signature}
     )
@@ -93,8 +89,18 @@ class GovernanceService(pb_grpc.GovernanceServicer):
     def BreakGlass(  # noqa: N802
         self, request: pb.BreakGlassRequest, context: grpc.ServicerContext
     ) -> pb.BreakGlassResponse:
-        who = self._identity(context)
         r = request.reason
+        for value, path, limit in (
+            (r.incident_id, "reason.incident_id", MAX_ID),
+            (r.category, "reason.category", 64),
+            (request.action_class, "action_class", 128),
+            (request.target.type, "target.type", MAX_ID),
+            (request.target.id, "target.id", MAX_ID),
+            (request.environment, "environment", 64),
+        ):
+            check_text(value, path, limit=limit)
+        check_text(r.text, "reason.text", limit=MAX_REASON_TEXT, free_text=True)
+        who = self._identity(context)
         d = self.breakglass.open(
             who,
             BreakGlassRequest(
@@ -117,6 +123,7 @@ class GovernanceService(pb_grpc.GovernanceServicer):
     def ReviewBreakGlass(  # noqa: N802
         self, request: pb.ReviewBreakGlassRequest, context: grpc.ServicerContext
     ) -> pb.ReviewBreakGlassResponse:
+        check_text(request.findings, "findings", limit=MAX_REASON_TEXT, free_text=True)
         who = self._identity(context)
         d = self.breakglass.review(who, request.decision_id, request.findings)
         return pb.ReviewBreakGlassResponse(breakglass=self._bg_info(d))
@@ -176,6 +183,10 @@ class GovernanceService(pb_grpc.GovernanceServicer):
         return who
 
     def Decide(self, request: pb.DecideRequest, context: grpc.ServicerContext) -> pb.DecideResponse:  # noqa: N802
+        # Per caller first (cheapest refusal of a flood): the mTLS identity when there is
+        # one, else the declared request source. Per actor follows inside the engine.
+        caller = peer_spiffe_id(context) or f"source:{request.context.request_source[:128]}"
+        self.engine.rate_limiter.check("decide_per_caller", caller)
         req = request_from_proto(request)
         if self.verifier is not None:
             who = self._identity(context)

@@ -280,3 +280,22 @@ def test_rate_limited_caller_gets_resource_exhausted_with_retry_after(
     assert "retry after" in ei.value.message
     assert stack.ledger.count() == before  # nothing judged or recorded
     assert client.decide(request(actor="someone-else"))["outcome"] == "ALLOW"
+
+
+def test_rate_limited_per_caller_across_actors(stack: Stack, client: GovernanceClient) -> None:
+    """One caller (here: one request source, no mTLS) cannot spread a flood over actors."""
+    from l7.engine.ratelimit import RateLimiter
+
+    assert stack.engine is not None
+    stack.engine.rate_limiter = RateLimiter(
+        lambda: {"decide_per_caller": {"rate_per_s": 0.001, "burst": 3}}
+    )
+    for i in range(3):
+        client.decide(request(actor=f"actor-{i}", key=f"c{i}"))
+    with pytest.raises(RemoteError) as ei:
+        client.decide(request(actor="actor-9", key="c9"))
+    assert (ei.value.code, ei.value.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limited")
+    assert "decide_per_caller" in ei.value.message
+    other = request(actor="actor-9", key="c10")
+    other["context"]["request_source"] = "another-service"
+    assert client.decide(other)["outcome"] == "ALLOW"

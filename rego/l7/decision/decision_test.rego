@@ -29,11 +29,11 @@ test_read_in_dev_by_an_operator_is_allowed if {
 	r.outcome == "ALLOW"
 	r.environment == "dev"
 	r.enforcement_mode == "enforced"
-	count(r.gates) == 7
+	count(r.gates) == 8
 	_failed(r) == set()
 	r.risk == {"score": 5, "band": "low", "reasons": ["action class data.read: base +5", "environment dev: +0"]}
 	r.authority == {"required_levels": [], "min_signatures": 0, "cosign": [], "clauses": []}
-	r.reasons == ["all 7 gates passed; risk 5 (low) needs no signatures"]
+	r.reasons == ["all 8 gates passed; risk 5 (low) needs no signatures"]
 }
 
 test_unknown_class_is_denied_by_the_allowlist if {
@@ -53,7 +53,7 @@ test_production_deploy_is_queued_with_security_cosign if {
 	r.risk.band in {"medium", "high"}
 	r.authority.min_signatures >= 2
 	r.authority.cosign == [4]
-	r.reasons == ["all 7 gates passed; risk 48 (medium) needs 2 signatures: 1 at level >= 2 (supervisor), 1 at level >= 4 (security_cosign)"]
+	r.reasons == ["all 8 gates passed; risk 48 (medium) needs 2 signatures: 1 at level >= 2 (supervisor), 1 at level >= 4 (security_cosign)"]
 }
 
 test_large_production_deploy_needs_managers_and_cosign if {
@@ -120,7 +120,7 @@ test_empty_and_absent_input_are_denied_with_the_full_shape if {
 		r.outcome == "DENY"
 		object.keys(r) == {"outcome", "environment", "enforcement_mode", "gates", "risk", "authority", "lifecycle", "reasons"}
 		r.environment == "production"
-		count(r.gates) == 7
+		count(r.gates) == 8
 		"input_complete" in _failed(r)
 	}
 }
@@ -219,7 +219,7 @@ test_enforcement_mode_is_reported_in_the_result if {
 	r.enforcement_mode == "advisory"
 	r.outcome == "ALLOW"
 	r.reasons == [
-		"all 7 gates passed; risk 5 (low) needs no signatures",
+		"all 8 gates passed; risk 5 (low) needs no signatures",
 		"enforcement mode advisory for environment dev (signed deployment data)",
 	]
 }

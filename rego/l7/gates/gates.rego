@@ -129,6 +129,29 @@ _target_type_allowed if {
 }
 
 # METADATA
+# title: Tool is on the allowlist for the action class
+# description: >-
+#   A request that names the tool performing it must name one its action class
+#   lists under tools; a class with tool_required refuses requests naming none.
+# custom:
+#   short_name: tool_allowed
+#   severity: critical
+#   failure_msg: "tool %s is not on the allowlist for action class %s"
+results contains lib.gate(rego.metadata.chain(), _tool_allowed, [lib.shown_tool, lib.shown_class])
+
+default _tool_allowed := false
+
+_tool_allowed if {
+	not lib.tool_named
+	not lib.class_config.tool_required
+}
+
+_tool_allowed if {
+	lib.tool_named
+	input.action.tool in lib.class_config.tools
+}
+
+# METADATA
 # title: Requester level is high enough for the action class
 # description: >-
 #   The actor's level must be a valid level 1-5 and at least the action

@@ -32,6 +32,8 @@ _t_level := "Requester level is high enough for the action class"
 
 _t_secrets := "Secret references are within the actor's reach"
 
+_t_tool := "Tool is on the allowlist for the action class"
+
 test_a_good_request_passes_every_gate_in_id_order if {
 	got := gates.list with input as _req("data.read", "dev", "dataset", 1)
 		with data.l7.deployment as _deployment
@@ -43,6 +45,7 @@ test_a_good_request_passes_every_gate_in_id_order if {
 		_pass("requester_level", _t_level, "high"),
 		_pass("secret_refs_allowed", _t_secrets, "critical"),
 		_pass("target_type_allowed", _t_target, "high"),
+		_pass("tool_allowed", _t_tool, "critical"),
 	]
 	gates.all_passed with input as _req("data.read", "dev", "dataset", 1)
 		with data.l7.deployment as _deployment
@@ -70,6 +73,7 @@ test_empty_input_fails_every_gate_but_none_is_missing if {
 		_fail("requester_level", _t_level, "high", "actor level (missing) is below the minimum L1 for action class (missing)"),
 		_pass("secret_refs_allowed", _t_secrets, "critical"),
 		_fail("target_type_allowed", _t_target, "high", "target type (missing) is not allowed for action class (missing)"),
+		_pass("tool_allowed", _t_tool, "critical"),
 	]
 	not gates.all_passed with input as {} with data.l7.deployment as _deployment
 }
@@ -158,7 +162,7 @@ test_requester_level_below_the_class_minimum if {
 
 test_every_gate_carries_its_metadata if {
 	gs := gates.list with input as {} with data.l7.deployment as _deployment
-	count(gs) == 7
+	count(gs) == 8
 	every g in gs {
 		regex.match(`^[a-z_]+$`, g.id)
 		g.title != ""
@@ -185,4 +189,43 @@ test_secret_refs_without_a_role_are_refused if {
 	r := object.union(no_role, {"secrets": [{"ref": "vault:secret/app/db#p", "mount": "secret", "path": "app/db", "exists": true}]})
 	failed := gates.failed with input as r with data.l7.deployment as _deployment
 	"secret_refs_allowed" in failed
+}
+
+_with_tool(cls, ttype, tool) := object.union(_req(cls, "dev", ttype, 1), {"action": {"tool": tool}})
+
+_tool_gate(inp) := g if {
+	some g in gates.list with input as inp with data.l7.deployment as _deployment
+	g.id == "tool_allowed"
+}
+
+test_a_listed_tool_passes if {
+	_tool_gate(_with_tool("data.read", "dataset", "report-builder")) == _pass("tool_allowed", _t_tool, "critical")
+}
+
+test_an_unlisted_tool_fails if {
+	_tool_gate(_with_tool("data.read", "dataset", "curl")) == _fail(
+		"tool_allowed", _t_tool, "critical",
+		`tool "curl" is not on the allowlist for action class "data.read"`,
+	)
+}
+
+test_a_tool_listed_for_another_class_fails if {
+	g := _tool_gate(_with_tool("data.read", "dataset", "transfer"))
+	g.result == "fail"
+}
+
+test_a_tool_on_an_unknown_class_fails if {
+	g := _tool_gate(_with_tool("shell.exec", "host", "bash"))
+	g.result == "fail"
+}
+
+test_a_non_string_tool_fails if {
+	g := _tool_gate(_with_tool("data.read", "dataset", 7))
+	g.result == "fail"
+}
+
+test_tool_required_refuses_a_request_naming_none if {
+	g := _tool_gate(_req("data.read", "dev", "dataset", 1)) with data.l7.config.classes["data.read"].tool_required as true
+	g.result == "fail"
+	g.reason == `tool (none) is not on the allowlist for action class "data.read"`
 }

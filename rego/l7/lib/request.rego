@@ -58,6 +58,13 @@ default shown_target_type := "(missing)"
 
 shown_target_type := show(input.action.target.type)
 
+default shown_tool := "(none)"
+
+shown_tool := show(input.action.tool)
+
+# tool_named holds when the request names the tool performing the action.
+tool_named if object.get(object.get(input, "action", {}), "tool", "") != ""
+
 default shown_level := "(missing)"
 
 shown_level := show(input.context.actor.level)
