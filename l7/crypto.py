@@ -34,12 +34,12 @@ from typing import Any, Protocol, TypeVar
 import hvac
 import hvac.exceptions
 import requests
-import rfc8785
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from l7.errors import ApprovalInvalid, ConfigError, RequestInvalid
+from ledger.canonical import canonical_json
 
 __all__ = [
     "Ed25519Signer",
@@ -80,10 +80,10 @@ class SignatureMethod(str, Enum):
 
 
 def canonical(obj: Mapping[str, Any]) -> bytes:
-    """RFC 8785 bytes of an explicit dict. Values JCS cannot represent (NaN, integers
-    beyond 2**53) raise ``rfc8785.CanonicalizationError`` (a ValueError): callers
-    validate their fields first."""
-    return rfc8785.dumps(dict(obj))
+    """RFC 8785 bytes of an explicit dict (``ledger.canonical.canonical_json``, the one JCS
+    implementation). Values JCS cannot represent (NaN, integers beyond 2**53) raise
+    ``rfc8785.CanonicalizationError`` (a ValueError): callers validate their fields first."""
+    return canonical_json(dict(obj))
 
 
 def sha256_hex(data: bytes) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NewType
 
-import rfc8785
+from ledger.canonical import canonical_json
 
 __all__ = [
     "Action",
@@ -147,7 +147,7 @@ class DecisionRequest:
 
     def fingerprint(self) -> str:
         """sha256 of the canonical (RFC 8785) request, without the idempotency key."""
-        return sha256_hex(rfc8785.dumps(self.to_dict()))
+        return sha256_hex(canonical_json(self.to_dict()))
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ first checkpoint whose ``tree_size >= global_seq``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -53,11 +54,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, LargeBinary, cast, func, select
+from sqlalchemy import LargeBinary, cast, func, select
 from sqlalchemy.engine import make_url
 
 from ledger._dberrors import db_errors
 from ledger._engine import make_engine, write_lock
+from ledger._fastwrite import FastSql
 from ledger._writer import GroupWriter, Prepared, WriterStats
 from ledger.audit import AuditReport, verify_log
 from ledger.canonical import canonical_body, chain_hash
@@ -79,7 +81,6 @@ from ledger.errors import (
 )
 from ledger.export import build_export
 from ledger.interface import (
-    GENESIS_HASH,
     SCHEMA_VERSION,
     Confirmation,
     EventHash,
@@ -175,6 +176,10 @@ def _describe(cp: Checkpoint) -> str:
     return f"root {cp.root_hash} at {cp.timestamp} by {cp.key_id}"
 
 
+class _InsertFailed(Exception):
+    """The group's single insert failed and its transaction was rolled back."""
+
+
 class SqlLedger:
     """An AuditableLedger over a SQL database. Thread-safe; ``close()`` flushes pending writes.
 
@@ -254,6 +259,7 @@ class SqlLedger:
                 self._wengine.dispose()
                 self._rengine.dispose()
                 raise
+        self._fast = FastSql(self._wengine.dialect)
         self._writer = GroupWriter(self._commit_group, name=f"ledger-writer:{parsed.database}")
 
     # -- the one place driver errors become ledger errors --------------------------------------
@@ -339,22 +345,77 @@ class SqlLedger:
     def _commit_db(
         self, batches: Sequence[Sequence[Prepared]]
     ) -> tuple[list[list[Confirmation] | LedgerError], list[dict[str, Any]]]:
+        """Commit a group; returns each batch's confirmations or error, and the rows written."""
+        try:
+            return self._commit_db_fast(batches)
+        except _InsertFailed:
+            # Rolled back; again with a SAVEPOINT per batch, so only the failing one fails.
+            return self._commit_db_savepoints(batches)
+
+    def _commit_db_fast(
+        self, batches: Sequence[Sequence[Prepared]]
+    ) -> tuple[list[list[Confirmation] | LedgerError], list[dict[str, Any]]]:
+        """The group in one transaction with ONE insert, no savepoints, on the pooled DBAPI
+        connection (``ledger._fastwrite``: SQLAlchemy's per-transaction work was most of
+        the writer's CPU). A batch refused before its rows are placed (DuplicateKey found
+        by ``_place``) fails alone; if the insert fails, _InsertFailed after rollback."""
+        results: list[list[Confirmation] | LedgerError] = []
+        committed: list[dict[str, Any]] = []
+        fast = self._fast
+        with self._db_errors():
+            raw = fast.connect(self._wengine)  # pool checkout (pre-ping on PostgreSQL)
+        try:
+            with self._db_errors():
+                fast.begin_write(raw)  # the write lock, before ANY read
+                next_g = fast.max_global_seq(raw) + 1
+                heads = fast.stream_heads(raw, (p.decision_id for b in batches for p in b))
+            for batch in batches:
+                keys = [p.unique_key for p in batch if p.unique_key is not None]
+                try:
+                    with self._db_errors(keys):
+                        confs, rows, new_heads = self._place(
+                            functools.partial(fast.taken_key, raw), batch, keys, heads, next_g
+                        )
+                except LedgerError as err:
+                    results.append(err)
+                    continue
+                heads.update(new_heads)
+                next_g += len(rows)
+                committed += rows
+                results.append(confs)
+            try:
+                with self._db_errors():
+                    fast.insert(raw, committed)
+            except LedgerError as e:
+                fast.rollback(raw)
+                raise _InsertFailed from e
+            with self._db_errors():
+                fast.commit(raw)
+        except BaseException:
+            fast.rollback(raw)
+            raise
+        finally:
+            raw.close()  # back to the pool
+        return results, committed
+
+    def _commit_db_savepoints(
+        self, batches: Sequence[Sequence[Prepared]]
+    ) -> tuple[list[list[Confirmation] | LedgerError], list[dict[str, Any]]]:
         """One transaction, one SAVEPOINT per batch; returns results and the committed rows."""
         results: list[list[Confirmation] | LedgerError] = []
         committed: list[dict[str, Any]] = []
+        fast = self._fast
         with self._db_errors(), self._wengine.connect() as conn, conn.begin():
             write_lock(conn)  # before ANY read: max(global_seq) and the heads come after it
-            next_g = (
-                int(conn.execute(select(func.coalesce(func.max(_T.global_seq), 0))).scalar_one())
-                + 1
-            )
-            heads: dict[str, tuple[int, EventHash]] = {}
+            next_g = fast.max_global_seq(conn.connection) + 1
+            heads = fast.stream_heads(conn.connection, (p.decision_id for b in batches for p in b))
             for batch in batches:
                 keys = [p.unique_key for p in batch if p.unique_key is not None]
                 try:
                     with self._db_errors(keys), conn.begin_nested():
-                        confs, rows, new_heads = self._place(conn, batch, keys, heads, next_g)
-                        conn.execute(events_table.insert(), rows)
+                        taken = functools.partial(fast.taken_key, conn.connection)
+                        confs, rows, new_heads = self._place(taken, batch, keys, heads, next_g)
+                        fast.insert(conn.connection, rows)
                 except LedgerError as err:
                     results.append(err)
                     continue
@@ -366,7 +427,7 @@ class SqlLedger:
 
     def _place(
         self,
-        conn: Connection,
+        taken_key: Callable[[list[str]], str | None],
         batch: Sequence[Prepared],
         keys: list[str],
         heads: dict[str, tuple[int, EventHash]],
@@ -379,22 +440,14 @@ class SqlLedger:
                 raise DuplicateKey(k)
             seen.add(k)
         if keys:
-            taken = conn.execute(select(_T.unique_key).where(_T.unique_key.in_(keys))).first()
+            taken = taken_key(keys)
             if taken is not None:
-                raise DuplicateKey(str(taken[0]))
+                raise DuplicateKey(taken)
         local: dict[str, tuple[int, EventHash]] = {}
         confs: list[Confirmation] = []
         rows: list[dict[str, Any]] = []
         for i, p in enumerate(batch):
-            head = local.get(p.decision_id) or heads.get(p.decision_id)
-            if head is None:
-                found = conn.execute(
-                    select(_T.sequence, _T.hash)
-                    .where(_T.decision_id == p.decision_id)
-                    .order_by(_T.sequence.desc())
-                    .limit(1)
-                ).first()
-                head = (int(found[0]), EventHash(found[1])) if found else (0, GENESIS_HASH)
+            head = local.get(p.decision_id) or heads[p.decision_id]  # heads: every stream
             seq, prev = head[0] + 1, head[1]
             h = chain_hash(prev, p.body)
             g = next_g + i
