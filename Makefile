@@ -105,8 +105,13 @@ integration: setup postgres ## Integration tests only (real OPA, OpenBao, Postgr
 test: setup postgres opa-test lint ## Set up, then Rego tests + coverage, lint, type check, unit and integration tests
 	$(PY) -m pytest -q
 
-bench: setup ## Benchmarks: bare OPA vs Decide over gRPC, ledger append/verify; writes bench/results.json
+bench: setup postgres ## Benchmarks vs bare OPA (docs/performance.md), ~10 min; BENCH_QUICK=1 for ~1 min
 	$(PY) -m bench.run
+
+.PHONY: soak
+SOAK_SECONDS ?= 300
+soak: setup postgres ## Soak with faults: mixed load while OPA, ledger, OpenBao, PostgreSQL are killed (SOAK_SECONDS=300, SOAK_SEED=)
+	$(PY) -m tests.soak.run --duration $(SOAK_SECONDS) $(if $(SOAK_SEED),--seed $(SOAK_SEED))
 
 lock: ## Re-pin requirements.lock from the current .venv
 	{ echo "# Pinned, known-good set for the .venv (make setup installs exactly these)."; \

@@ -175,7 +175,12 @@ class OpenBaoDev:
         self._user_tokens.clear()
         self._roles.clear()
         self._configure()
-        for user in list(self._users.values()):
+        # Replay one user at a time: group membership is rebuilt from the users created so
+        # far, so a role shared by several users must not name one not yet re-created.
+        users = list(self._users.values())
+        self._users.clear()
+        for user in users:
+            self._users[user.name] = user
             self._create_user(user)
         return self
 
