@@ -89,6 +89,9 @@ class StackConfig:
     rate_limit_url: str | None = None
     """PostgreSQL database for token buckets shared by every engine replica; default: the
     ledger's own database when ``ledger_url`` is PostgreSQL, else buckets per process."""
+    opa_restart_s: float = 0.0
+    """Check the OPA child this often and start it again on its port when it died (0: never;
+    ``l7 serve`` uses 2). Until it is back every decision is DENY policy_store_degraded."""
     cert_dir: Path | None = None
     """mTLS for every tier (``l7 certs init`` layout): the engine and gateway ports require
     client certificates from this CA and accept only their allowed peers (``l7.tls.ACCEPTS``);
@@ -147,6 +150,7 @@ class Stack:
         self.monitor: IntegrityMonitor | None = None
         self._stop_sweeper = threading.Event()
         self._sweeper: threading.Thread | None = None
+        self._opa_keeper: threading.Thread | None = None
 
     @property
     def target(self) -> str:
@@ -276,6 +280,11 @@ class Stack:
                     on_failure=lambda e: restriction.enter(str(e)),
                 )
                 self.monitor.start()
+            if cfg.opa_restart_s > 0 and self.opa is not None:
+                self._opa_keeper = threading.Thread(
+                    target=self._keep_opa, name="l7-opa-keeper", daemon=True
+                )
+                self._opa_keeper.start()
             if cfg.sweep_interval_s > 0:
                 self._sweeper = threading.Thread(
                     target=self._sweep_loop, name="l7-sweeper", daemon=True
@@ -285,6 +294,21 @@ class Stack:
             self.stop()
             raise
         return self
+
+    def _keep_opa(self) -> None:
+        """Supervise the OPA child: a crashed OPA is started again with the same signed
+        bundle on the same port (readiness then re-checks it before anything is judged)."""
+        while not self._stop_sweeper.wait(self.config.opa_restart_s):
+            opa = self.opa
+            if opa is None:
+                return
+            if opa.running():
+                continue
+            log.warning("OPA (policy store) is down; restarting it on %s", opa.url)
+            try:
+                opa.start()
+            except L7Error as e:  # refused bundle, port taken, ...: deny on, retry next round
+                log.error("OPA restart failed: %s", e)
 
     def _sweep_loop(self) -> None:
         while not self._stop_sweeper.wait(self.config.sweep_interval_s):
@@ -306,6 +330,9 @@ class Stack:
         if self._sweeper is not None:
             self._sweeper.join(timeout=10)
             self._sweeper = None
+        if self._opa_keeper is not None:
+            self._opa_keeper.join(timeout=30)
+            self._opa_keeper = None
         if self.gateway_server is not None:
             self.gateway_server.stop(grace=2).wait(5)
             self.gateway_server = None

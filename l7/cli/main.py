@@ -134,6 +134,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
             cert_dir=tls_dir(a),
             rate_limit_url=a.rate_limit_db,
             grant_key=Path(a.grant_key) if a.grant_key else None,
+            opa_restart_s=a.opa_restart_s,
         )
     )
     stack.start()
@@ -347,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--transit-key", help="OpenBao transit key for envelope fields")
     sp.add_argument(
         "--integrity-every-s", type=float, default=300.0, help="re-verify the ledger (0: off)"
+    )
+    sp.add_argument(
+        "--opa-restart-s",
+        type=float,
+        default=2.0,
+        help="restart a crashed OPA child after this many seconds (0: never; default 2)",
     )
     sp.add_argument(
         "--grant-key",

@@ -114,3 +114,27 @@ def test_tampered_bundle_on_disk_denies_until_restored(running: Stack, tmp_path:
         led.close()
     assert events, "the refusal is recorded"
     assert any("policy_store_degraded" in str(e.payload) for e in events)
+
+
+def test_crashed_opa_is_restarted_by_the_stack(tmp_path: Path) -> None:
+    cfg = StackConfig(
+        env="local",
+        ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite'}",
+        work_dir=tmp_path,
+        sweep_interval_s=0,
+        opa_restart_s=0.5,
+    )
+    with Stack(cfg) as s, GovernanceClient(s.target) as c:
+        assert s.opa is not None
+        first = s.opa.pid
+        s.opa.kill()  # SIGKILL, as a crash would
+        _until(lambda: s.opa is not None and s.opa.running() and s.opa.pid != first, "restart")
+        _until(
+            lambda: (
+                c.decide(dict(example("read-dev.json"), idempotency_key=f"k{time.time_ns()}"))[
+                    "outcome"
+                ]
+                == "ALLOW"
+            ),
+            "service to resume on the restarted OPA",
+        )
