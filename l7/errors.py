@@ -46,6 +46,10 @@ __all__ = [
     "IllegalTransition",
     "L7Error",
     "LedgerDegraded",
+    "LimitExceeded",
+    "NumberNotFinite",
+    "PayloadTooDeep",
+    "PayloadTooLarge",
     "PolicyStoreDegraded",
     "RequestInvalid",
     "Unauthenticated",
@@ -81,6 +85,26 @@ class RequestInvalid(L7Error):
         super().__init__(f"{field}: {problem}")
         self.field = field
         self.problem = problem
+
+
+class LimitExceeded(RequestInvalid):
+    """A size or nesting limit was exceeded; ``limit`` is the configured bound."""
+
+    def __init__(self, field: str, problem: str, *, limit: int) -> None:
+        super().__init__(field, problem)
+        self.limit = limit
+
+
+class PayloadTooLarge(LimitExceeded):
+    reason = "payload_too_large"
+
+
+class PayloadTooDeep(LimitExceeded):
+    reason = "payload_too_deep"
+
+
+class NumberNotFinite(RequestInvalid):
+    reason = "number_not_finite"
 
 
 class IdempotencyConflict(L7Error):

@@ -308,7 +308,7 @@ class Stack:
             try:
                 opa.start()
             except L7Error as e:  # refused bundle, port taken, ...: deny on, retry next round
-                log.error("OPA restart failed: %s", e)
+                log.warning("OPA restart failed: %s", e)
 
     def _sweep_loop(self) -> None:
         while not self._stop_sweeper.wait(self.config.sweep_interval_s):

@@ -30,7 +30,13 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from l7.domain import MAX_LEVEL, MIN_LEVEL, Action, Actor, Context, DecisionRequest, Target
-from l7.errors import RequestInvalid
+from l7.errors import (
+    LimitExceeded,
+    NumberNotFinite,
+    PayloadTooDeep,
+    PayloadTooLarge,
+    RequestInvalid,
+)
 
 __all__ = [
     "MAX_ID",
@@ -65,26 +71,6 @@ _CLASS_RE = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)*$")
 _TOOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-class LimitExceeded(RequestInvalid):
-    """A size or nesting limit was exceeded; ``limit`` is the configured bound."""
-
-    def __init__(self, field: str, problem: str, *, limit: int) -> None:
-        super().__init__(field, problem)
-        self.limit = limit
-
-
-class PayloadTooLarge(LimitExceeded):
-    reason = "payload_too_large"
-
-
-class PayloadTooDeep(LimitExceeded):
-    reason = "payload_too_deep"
-
-
-class NumberNotFinite(RequestInvalid):
-    reason = "number_not_finite"
 
 
 def _child(path: str, key: str) -> str:
