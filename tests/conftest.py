@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
+import tarfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +61,30 @@ def without(req: dict[str, Any], dotted: str) -> dict[str, Any]:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+
+
+def rewrite_bundle(tar_gz: bytes, fn: Callable[[str, bytes], bytes | None]) -> bytes:
+    """A bundle tarball with each member passed through ``fn(name, data)`` (None drops it);
+    the signature file is left as it was, so OPA must refuse any change."""
+    out = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(tar_gz), mode="r:gz") as tin,
+        tarfile.open(fileobj=out, mode="w:gz") as tout,
+    ):
+        for m in tin:
+            f = tin.extractfile(m)
+            data = fn(m.name.lstrip("/"), f.read() if f is not None else b"")
+            if data is None:
+                continue
+            m.size = len(data)
+            tout.addfile(m, io.BytesIO(data))
+    return out.getvalue()
+
+
+def flip_one_byte(member: str) -> Callable[[str, bytes], bytes]:
+    """For ``rewrite_bundle``: flip one bit of the next-to-last byte of ``member``."""
+
+    def fn(name: str, data: bytes) -> bytes:
+        return data[:-2] + bytes([data[-2] ^ 1]) + data[-1:] if name == member else data
+
+    return fn

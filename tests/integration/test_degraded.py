@@ -25,7 +25,6 @@ damage cannot leak into the next.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -33,7 +32,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -63,7 +61,7 @@ from l7.stack import Stack, StackConfig
 from l7.v1 import governance_pb2 as pb
 from ledger import LedgerError, SqlLedger, StoredEvent
 from ledger._engine import WRITE_LOCK_KEY
-from tests.conftest import REPO, request
+from tests.conftest import REPO, flip_one_byte, request, rewrite_bundle
 from tests.integration.openbao import OpenBaoDev
 from tests.ledger.postgres import PostgresCluster
 
@@ -280,29 +278,6 @@ def eventually(fn: Callable[[], T], *, seconds: float = 20, what: str = "") -> T
 # -- bundles OPA must refuse ---------------------------------------------------------------
 
 
-def _rewrite(tar_gz: bytes, fn: Callable[[str, bytes], bytes | None]) -> bytes:
-    """The bundle with each member passed through ``fn`` (None drops the member)."""
-    out = io.BytesIO()
-    with (
-        tarfile.open(fileobj=io.BytesIO(tar_gz), mode="r:gz") as tin,
-        tarfile.open(fileobj=out, mode="w:gz") as tout,
-    ):
-        for m in tin:
-            f = tin.extractfile(m)
-            data = fn(m.name.lstrip("/"), f.read() if f is not None else b"")
-            if data is None:
-                continue
-            m.size = len(data)
-            tout.addfile(m, io.BytesIO(data))
-    return out.getvalue()
-
-
-def _flip_one_byte(name: str, data: bytes) -> bytes:
-    if name != "l7/gates/gates.rego":
-        return data
-    return data[:-2] + bytes([data[-2] ^ 1]) + data[-1:]
-
-
 # -- the world -----------------------------------------------------------------------------
 
 _ENGINE_MAIN = """
@@ -385,9 +360,9 @@ def world_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             signing_key=tmp / "other-keys" / "bundle-signing.pem",
         )
         bad = {
-            "unsigned": _rewrite(good, lambda n, d: None if n == ".signatures.json" else d),
+            "unsigned": rewrite_bundle(good, lambda n, d: None if n == ".signatures.json" else d),
             "wrong_key": other.path.read_bytes(),
-            "tampered": _rewrite(good, _flip_one_byte),
+            "tampered": rewrite_bundle(good, flip_one_byte("l7/gates/gates.rego")),
         }
         port = free_port()
         engine_proc = Child(

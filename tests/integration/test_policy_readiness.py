@@ -4,8 +4,6 @@ no restart; putting the signed file back makes the same processes serve again.""
 
 from __future__ import annotations
 
-import io
-import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ from l7.policy.opa_process import BUNDLE_NAME
 from l7.policy.readiness import fetch_bundle_status
 from l7.stack import Stack, StackConfig
 from ledger import open_ledger
-from tests.conftest import example
+from tests.conftest import example, flip_one_byte, rewrite_bundle
 
 pytestmark = pytest.mark.integration
 
@@ -43,23 +41,6 @@ def _until(cond: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None
         time.sleep(0.2)
 
 
-def _one_byte_changed(original: bytes) -> bytes:
-    """The same tarball with one byte of one policy file flipped (signature kept)."""
-    out = io.BytesIO()
-    with (
-        tarfile.open(fileobj=io.BytesIO(original), mode="r:gz") as tin,
-        tarfile.open(fileobj=out, mode="w:gz") as tout,
-    ):
-        for m in tin:
-            f = tin.extractfile(m)
-            data = f.read() if f is not None else b""
-            if m.name.lstrip("/") == "l7/risk/risk.rego":
-                data = data[:-2] + bytes([data[-2] ^ 1]) + data[-1:]
-            m.size = len(data)
-            tout.addfile(m, io.BytesIO(data))
-    return out.getvalue()
-
-
 def test_status_shows_the_pinned_revision_active(running: Stack) -> None:
     assert running.opa is not None and running.bundle is not None
     st = fetch_bundle_status(running.opa.url, BUNDLE_NAME)
@@ -76,7 +57,7 @@ def test_tampered_bundle_on_disk_denies_until_restored(running: Stack, tmp_path:
     with GovernanceClient(running.target) as c:
         assert c.decide(example("read-dev.json"))["outcome"] == "ALLOW"
 
-        path.write_bytes(_one_byte_changed(original))
+        path.write_bytes(rewrite_bundle(original, flip_one_byte("l7/risk/risk.rego")))
         _until(
             lambda: fetch_bundle_status(running.opa.url, BUNDLE_NAME).error_code != "",  # type: ignore[union-attr]
             "OPA to refuse the altered bundle",
