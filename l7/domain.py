@@ -324,6 +324,7 @@ class Decision:
         if j is not None:
             out["environment"] = j.environment
             out["enforcement_mode"] = j.enforcement_mode
+            out["policy_outcome"] = j.outcome.value  # `outcome` above is what is in force
             out["risk"] = {
                 "score": j.risk.score,
                 "band": j.risk.band.value,

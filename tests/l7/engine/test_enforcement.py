@@ -74,6 +74,8 @@ def test_the_mode_decides_the_effective_outcome_and_the_record_keeps_both(
     assert msg.policy_outcome == getattr(pb, f"OUTCOME_{policy.value}")
     assert msg.outcome == getattr(pb, f"OUTCOME_{effective.value}")
     assert (msg.enforcement_mode, msg.enforcement_waived) == (mode, waived or "")
+    shown = d.to_dict()  # what `l7 decision show` prints
+    assert (shown["outcome"], shown["policy_outcome"]) == (effective.value, policy.value)
 
 
 def test_guarded_never_lets_a_failed_gate_through() -> None:
