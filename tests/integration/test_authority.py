@@ -67,6 +67,15 @@ class World:
     def client(self, who: str) -> GovernanceClient:
         return GovernanceClient(self.stack.target, token=self.bao.token_for(who))
 
+    def payloads(self, d: dict[str, Any], event_type: str) -> list[dict[str, Any]]:
+        """The payloads of one event type in decision ``d``'s stream, in order."""
+        assert self.stack.ledger is not None
+        return [
+            dict(e.payload)
+            for e in self.stack.ledger.get_stream(d["decision_id"])
+            if e.event_type == event_type
+        ]
+
     def decide(self, req: dict[str, Any]) -> dict[str, Any]:
         actor = req["context"]["actor"]["id"]
         with self.client(actor) as c:
@@ -298,12 +307,7 @@ def test_self_approval_is_refused_and_recorded_as_anomaly(world: World) -> None:
     d = world.decide(delete())
     err = world.refused("alice", d)
     assert (err.code, err.reason) == (grpc.StatusCode.PERMISSION_DENIED, "self_approval")
-    assert world.stack.ledger is not None
-    kinds = [
-        e.payload["kind"]
-        for e in world.stack.ledger.get_stream(d["decision_id"])
-        if e.event_type == "anomaly.detected"
-    ]
+    kinds = [p["kind"] for p in world.payloads(d, "anomaly.detected")]
     assert kinds == ["self_approval"]
 
 
@@ -311,12 +315,7 @@ def test_insufficient_level_and_out_of_scope_are_refused(world: World) -> None:
     d = world.decide(delete())
     assert world.refused("junior", d).reason == "insufficient_level"
     assert world.refused("outsider", d).reason == "out_of_scope"
-    assert world.stack.ledger is not None
-    kinds = [
-        e.payload["kind"]
-        for e in world.stack.ledger.get_stream(d["decision_id"])
-        if e.event_type == "anomaly.detected"
-    ]
+    kinds = [p["kind"] for p in world.payloads(d, "anomaly.detected")]
     assert kinds == ["out_of_scope"]
 
 
@@ -448,31 +447,18 @@ def test_policy_revision_change_voids_earlier_approvals(world: World, tmp_path: 
     assert after["status"] == "pending_authority"
     assert [a["approver"] for a in after["authority_progress"]["approvals"]] == ["mgr3"]
     assert clause_missing(after) == {"managers": 1}
-    assert world.stack.ledger is not None
-    evaluated = [
-        e.payload
-        for e in world.stack.ledger.get_stream(d["decision_id"])
-        if e.event_type == "decision.evaluated"
-    ]
+    evaluated = world.payloads(d, "decision.evaluated")
     assert evaluated[-1]["reevaluated"] is True
     assert evaluated[-1]["voided_approvals"] == 1
     # the re-judgement is replayable like the first one: the exact input, by digest
     from l7.crypto import canonical, sha256_hex
 
-    request = next(
-        e.payload["request"]
-        for e in world.stack.ledger.get_stream(d["decision_id"])
-        if e.event_type == "decision.created"
-    )
+    request = world.payloads(d, "decision.created")[0]["request"]
     assert evaluated[-1]["policy_input"] == {
         "sha256": sha256_hex(canonical(request)),
         "extra": {},
     }
-    results = [
-        e.payload
-        for e in world.stack.ledger.get_stream(d["decision_id"])
-        if e.event_type == "enforcement.result"
-    ]
+    results = [p for p in world.payloads(d, "enforcement.result")]
     assert results[-1]["reason_code"] == "policy_changed"
     assert results[-1]["policy_outcome"] == results[-1]["outcome"]  # enforced: no waiver
 
@@ -629,11 +615,7 @@ def test_racing_engines_authorize_exactly_once(world: World) -> None:
     )
     out = svc._submit(identity, stale, signed, Verdict.APPROVE, world.clock.unix())
     assert out.status is Status.AUTHORIZED
-    results = [
-        e.payload["status"]
-        for e in world.stack.ledger.get_stream(d["decision_id"])
-        if e.event_type == "enforcement.result"
-    ]
+    results = [p["status"] for p in world.payloads(d, "enforcement.result")]
     assert results == ["pending_authority", "authorized"]
     # A third engine trying to authorize the same round is refused by the ledger, silently.
     again = svc._authorization(out, "mgr3", svc._approvers(out))
@@ -646,21 +628,12 @@ def test_racing_engines_authorize_exactly_once(world: World) -> None:
 def test_anomalies_are_recorded_and_repeated_bad_signatures_block(world: World) -> None:
     d = world.decide(delete())
     world.approve("mgr1", d)  # seconds after the request: flagged, not blocked
-    assert world.stack.ledger is not None
-    kinds = [
-        e.payload["kind"]
-        for e in world.stack.ledger.get_stream(d["decision_id"])
-        if e.event_type == "anomaly.detected"
-    ]
+    kinds = [p["kind"] for p in world.payloads(d, "anomaly.detected")]
     assert kinds == ["approval_too_fast"]
     forger = Ed25519Signer.generate(key_id="mgr3-ed25519")
     reasons = [world.refused("mgr3", d, signer=forger).reason for _ in range(3)]
     assert reasons == ["signature_invalid"] * 3
-    kinds = [
-        e.payload["kind"]
-        for e in world.stack.ledger.get_stream(d["decision_id"])
-        if e.event_type == "anomaly.detected"
-    ]
+    kinds = [p["kind"] for p in world.payloads(d, "anomaly.detected")]
     assert kinds.count("repeated_bad_signatures") == 1
     # Policy lists repeated_bad_signatures under anomalies.block: mgr3's next genuine
     # approval inside the window is refused too, and recorded.
