@@ -192,6 +192,11 @@ class GovernanceClient:
         r = self._call("ListBreakGlass", pb.ListBreakGlassRequest())
         return [_bg_json(i) for i in r.items]
 
+    def get_grant(self, decision_id: str) -> str:
+        """The execution grant of an authorized decision (the requester's own)."""
+        r = self._call("GetGrant", pb.GetGrantRequest(decision_id=decision_id))
+        return str(r.grant)
+
     def get_decision(self, decision_id: str) -> dict[str, Any]:
         r = self._call("GetDecision", pb.GetDecisionRequest(decision_id=decision_id))
         return decision_json(r.decision)

@@ -8,6 +8,7 @@
     ├── DecisionNotFound            no decision with that id in the ledger
     ├── PolicyStoreDegraded         OPA is down, has no active bundle, or answered nonsense
     ├── LedgerDegraded              the ledger did not confirm a write or could not be read
+    ├── LedgerIntegrityFailed       an authority event is unsigned or mis-signed (restriction)
     ├── Unauthenticated             no token, or a token that does not verify (token_invalid)
     ├── IdentityDegraded            the issuer's JWKS cannot be fetched (identity_degraded)
     ├── Forbidden                   authenticated, but not allowed (actor_mismatch, self_approval,
@@ -46,6 +47,7 @@ __all__ = [
     "IllegalTransition",
     "L7Error",
     "LedgerDegraded",
+    "LedgerIntegrityFailed",
     "LimitExceeded",
     "NumberNotFinite",
     "PayloadTooDeep",
@@ -138,6 +140,13 @@ class LedgerDegraded(L7Error):
     """The ledger did not confirm; nothing may be reported as allowed."""
 
     reason = "ledger_degraded"
+
+
+class LedgerIntegrityFailed(L7Error):
+    """The ledger holds an authority event no pinned tier key vouches for: nothing it
+    would authorize is honoured, and restriction mode is entered."""
+
+    reason = "ledger_integrity_failed"
 
 
 class Unauthenticated(L7Error):

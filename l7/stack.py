@@ -15,6 +15,7 @@ from types import TracebackType
 
 import grpc
 
+from l7.crypto import Ed25519Signer
 from l7.engine import Clock, Engine
 from l7.engine.authority import AuthorityService
 from l7.engine.breakglass import BreakGlassService
@@ -41,8 +42,18 @@ from l7.policy.readiness import PolicyReadiness, ReadinessGatedEvaluator
 from l7.secrets.envelope import Envelope
 from l7.secrets.interface import SecretStore
 from l7.server.app import create_server
+from l7.signed_ledger import SignedLedger
 from l7.tls import client_credentials, server_tls
-from ledger import EventType, LedgerClient, NewEvent, SqlLedger, open_ledger
+from l7.trust import TrustFile, load_tier_signer, load_trust
+from ledger import (
+    EventType,
+    IntegrityViolation,
+    LedgerClient,
+    NewEvent,
+    SqlLedger,
+    open_ledger,
+)
+from ledger.attestation import Tier
 from ledger.checkpointer import IntegrityMonitor
 from ledger.remote import RemoteLedger
 
@@ -92,6 +103,14 @@ class StackConfig:
     opa_restart_s: float = 0.0
     """Check the OPA child this often and start it again on its port when it died (0: never;
     ``l7 serve`` uses 2). Until it is back every decision is DENY policy_store_degraded."""
+    trust_file: Path | None = None
+    """Pinned tier keys (default ``bundles/<env>.trust.json`` plus, where it allows local
+    keys, ``<work_dir>/trust/<env>.json``): which signatures make authority real."""
+    tier_key: Path | None = None
+    """The engine's tier signing key (default ``<work_dir>/keys/tier-engine.pem``, created
+    only where the trust file allows local keys)."""
+    gateway_tier_key: Path | None = None
+    """The in-process gateway's tier key (default ``<work_dir>/keys/tier-gateway.pem``)."""
     cert_dir: Path | None = None
     """mTLS for every tier (``l7 certs init`` layout): the engine and gateway ports require
     client certificates from this CA and accept only their allowed peers (``l7.tls.ACCEPTS``);
@@ -139,6 +158,9 @@ class Stack:
         """The policy.activated payload (None: this revision was already active)."""
         self.opa: OpaProcess | None = None
         self.ledger: LedgerClient | None = None
+        """The engine's view of the ledger: appends signed as the engine, authority checked."""
+        self.raw_ledger: LedgerClient | None = None
+        """The ledger client itself (no signing, no checks): for audits and tests."""
         self.engine: Engine | None = None
         self.authority: AuthorityService | None = None
         self.breakglass: BreakGlassService | None = None
@@ -151,6 +173,9 @@ class Stack:
         self._stop_sweeper = threading.Event()
         self._sweeper: threading.Thread | None = None
         self._opa_keeper: threading.Thread | None = None
+        self.trust: TrustFile | None = None
+        self._violations: set[tuple[str, int, str]] = set()
+        self._violations_lock = threading.Lock()
 
     @property
     def target(self) -> str:
@@ -205,14 +230,34 @@ class Stack:
                         self.opa.url, bundle=BUNDLE_NAME, expected_revision=self.bundle.revision
                     ),
                 )
-            self.ledger = connect_ledger(
+            trust = load_trust(
+                cfg.env, repo_root=cfg.repo_root, work_dir=cfg.work_dir, override=cfg.trust_file
+            )
+            engine_key, trust = load_tier_signer(
+                Tier.ENGINE, trust, key_path=cfg.tier_key, work_dir=cfg.work_dir
+            )
+            gateway_key: Ed25519Signer | None = None
+            if cfg.gateway or (trust.local_keys and cfg.gateway_tier_key is None):
+                # a local stack pins a gateway key too, for `l7 gateway serve --work-dir`
+                gateway_key, trust = load_tier_signer(
+                    Tier.GATEWAY, trust, key_path=cfg.gateway_tier_key, work_dir=cfg.work_dir
+                )
+            self.trust = trust
+            self.raw_ledger = raw = connect_ledger(
                 cfg.ledger_url,
                 token=cfg.ledger_token,
                 credentials=client_credentials(cfg.cert_dir, "engine") if cfg.cert_dir else None,
             )
+            self.ledger = signed = SignedLedger(
+                raw,
+                tier=Tier.ENGINE,
+                signer=engine_key,
+                keys=trust.keys,
+                on_violation=self._on_violation,
+            )
             if self.activation is not None:
                 # Every activation (and any rollback) of a signed revision is on the record.
-                self.ledger.append(
+                signed.append(
                     [
                         NewEvent(
                             f"policy/{cfg.env}",
@@ -223,7 +268,7 @@ class Stack:
                         )
                     ]
                 )
-            guarded = FieldGuardedLedger(self.ledger)
+            guarded = FieldGuardedLedger(signed)
             self.engine = Engine(
                 evaluator,
                 guarded,  # a LedgerClient by delegation
@@ -258,8 +303,18 @@ class Stack:
             self.server.start()
             if cfg.gateway:
                 pub = grant_key.public_key()
+                assert gateway_key is not None
                 service = GatewayService(
-                    guarded,
+                    FieldGuardedLedger(
+                        SignedLedger(
+                            raw,
+                            tier=Tier.GATEWAY,
+                            signer=gateway_key,
+                            keys=trust.keys,
+                            on_violation=self._on_violation,
+                        ),
+                        rules=guarded.rules,
+                    ),
                     GrantVerifier({kid_of(pub): pub}, clock=lambda: cfg.clock().timestamp()),
                     clock=lambda: cfg.clock().timestamp(),
                     secrets=cfg.secret_store,
@@ -272,10 +327,10 @@ class Stack:
                 )
                 self.gateway_server.start()
             # A ledger service is audited over gRPC (Verify/Audit) exactly like a local file.
-            if cfg.integrity_check_s > 0 and isinstance(self.ledger, SqlLedger | RemoteLedger):
+            if cfg.integrity_check_s > 0 and isinstance(raw, SqlLedger | RemoteLedger):
                 restriction = self.engine.restriction
                 self.monitor = IntegrityMonitor(
-                    self.ledger,
+                    raw,
                     every_s=cfg.integrity_check_s,
                     on_failure=lambda e: restriction.enter(str(e)),
                 )
@@ -294,6 +349,19 @@ class Stack:
             self.stop()
             raise
         return self
+
+    def _on_violation(self, violation: IntegrityViolation) -> None:
+        """An unsigned or mis-signed authority event was read: enter restriction mode, once
+        per event (each later read is refused all the same)."""
+        key = (violation.decision_id, violation.sequence, violation.what)
+        with self._violations_lock:
+            if key in self._violations:
+                return
+            self._violations.add(key)
+        log.error("ledger integrity: %s", violation)
+        engine = self.engine
+        if engine is not None:
+            engine.restriction.enter(str(violation))
 
     def _keep_opa(self) -> None:
         """Supervise the OPA child: a crashed OPA is started again with the same signed
@@ -344,9 +412,10 @@ class Stack:
             self.engine.rate_limiter.close()
             self.engine.close()
             self.engine = None
-        if self.ledger is not None:
-            self.ledger.close()
-            self.ledger = None
+        self.ledger = None
+        if self.raw_ledger is not None:
+            self.raw_ledger.close()
+            self.raw_ledger = None
         if self.opa is not None:
             self.opa.stop()
             self.opa = None

@@ -64,6 +64,7 @@ __all__ = [
     "server_credentials",
     "server_tls",
     "spiffe_id",
+    "spiffe_id_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -419,6 +420,24 @@ def peer_cert_der(context: grpc.ServicerContext) -> bytes | None:
         return None
 
 
+def spiffe_id_of(der: bytes | None) -> str | None:
+    """The single ``spiffe://`` URI SAN of a DER certificate, or None (none, or several)."""
+    if der is None:
+        return None
+    try:
+        san = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        )
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+    uris = [
+        u
+        for u in san.value.get_values_for_type(x509.UniformResourceIdentifier)
+        if u.startswith("spiffe://")
+    ]
+    return uris[0] if len(uris) == 1 else None  # more than one identity: none of them
+
+
 def peer_spiffe_id(context: grpc.ServicerContext) -> str | None:
     """The peer's ``spiffe://`` URI SAN, or None.
 
@@ -427,21 +446,7 @@ def peer_spiffe_id(context: grpc.ServicerContext) -> str | None:
     ``peer_dns``, ``peer_ip`` and ``peer_spiffe_id``. The id is read from the verified
     certificate itself so the check does not depend on which of those keys a grpcio version
     fills in; a certificate with more than one ``spiffe://`` URI has no identity."""
-    der = peer_cert_der(context)
-    if der is None:
-        return None
-    try:
-        san = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(
-            x509.SubjectAlternativeName
-        )
-    except x509.ExtensionNotFound:
-        return None
-    uris = [
-        u
-        for u in san.value.get_values_for_type(x509.UniformResourceIdentifier)
-        if u.startswith("spiffe://")
-    ]
-    return uris[0] if len(uris) == 1 else None  # more than one identity: none of them
+    return spiffe_id_of(peer_cert_der(context))
 
 
 def _deny(context: grpc.ServicerContext, peer: str | None) -> None:

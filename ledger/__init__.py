@@ -23,6 +23,7 @@ from ledger.errors import (
     InvalidEvent,
     LedgerError,
     LedgerUnavailable,
+    StaleHead,
 )
 from ledger.interface import (
     GENESIS_HASH,
@@ -59,6 +60,7 @@ __all__ = [
     "NewEvent",
     "ProgressFn",
     "SqlLedger",
+    "StaleHead",
     "StoredEvent",
     "VerifyReport",
     "VerifyRow",

@@ -14,9 +14,10 @@ This module has no database code; it only orders work and hands out results.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from ledger.errors import LedgerError, LedgerUnavailable
 from ledger.interface import Confirmation
@@ -36,6 +37,8 @@ class Prepared:
     policy_version: str
     unique_key: str | None
     body: bytes
+    attestation: Mapping[str, Any] | None = None
+    """The payload of a ``batch.attested`` event (checked for placement under the lock)."""
 
 
 @dataclass(frozen=True)

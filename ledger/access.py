@@ -89,6 +89,9 @@ class Reader:
     subject: str
     roles: frozenset[str] = field(default_factory=frozenset)
     breakglass: bool = False
+    tier: str | None = None
+    """The writer's tier (``engine``, ``gateway``, ``ledger``) as its identity proves it:
+    what it may append and sign (``ledger.attestation.authorize_batch``)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.subject, str) or not self.subject:

@@ -4,6 +4,7 @@
     ├── LedgerUnavailable          the store cannot be written or read now (locked, down, closed)
     ├── InvalidEvent               an event cannot enter the ledger (not JSON, NaN, unknown type)
     ├── DuplicateKey               an event's unique_key (idempotency key, nonce, grant id) is taken
+    ├── StaleHead                  a signed batch names a stream head that moved: sign again
     └── IntegrityViolation         verification found an edited, missing, inserted or moved event
 
 Database driver exceptions (SQLAlchemy / sqlite3 / psycopg / Alembic) are
@@ -19,6 +20,7 @@ __all__ = [
     "InvalidEvent",
     "LedgerError",
     "LedgerUnavailable",
+    "StaleHead",
 ]
 
 
@@ -47,6 +49,11 @@ class DuplicateKey(LedgerError):
             "it can be used once only (idempotency key, approval nonce or grant id)"
         )
         self.unique_key = unique_key
+
+
+class StaleHead(LedgerError):
+    """A batch's attestation (``ledger.attestation``) was signed for a stream head that
+    has moved since: nothing was written; read the head, sign again and retry."""
 
 
 class IntegrityViolation(LedgerError):

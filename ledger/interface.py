@@ -73,6 +73,8 @@ class EventType(str, Enum):
     LEDGER_ACCESSED_BREAKGLASS = "ledger.accessed.breakglass"
     """A raw read made under break-glass: its own type, so it is never lost among routine reads."""
     ANOMALY_DETECTED = "anomaly.detected"
+    BATCH_ATTESTED = "batch.attested"
+    """A tier's signature over the events it appended in one batch (``ledger.attestation``)."""
 
 
 @dataclass(frozen=True)

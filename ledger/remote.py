@@ -47,6 +47,7 @@ from ledger.errors import (
     InvalidEvent,
     LedgerError,
     LedgerUnavailable,
+    StaleHead,
 )
 from ledger.interface import (
     Confirmation,
@@ -235,6 +236,8 @@ class RemoteLedger:
             return DuplicateKey(meta["unique_key"])
         if reason == "invalid_event":
             return InvalidEvent(message)
+        if reason == "stale_head":
+            return StaleHead(message)
         if reason == "integrity_violation":
             try:
                 return IntegrityViolation(

@@ -59,6 +59,7 @@ from ledger.access import (
     reason_from,
     require_role,
 )
+from ledger.attestation import Tier, TierKeys, authorize_batch
 from ledger.checkpoint import Checkpoint, Ed25519CheckpointSigner, parse_json_strict
 from ledger.errors import (
     DuplicateKey,
@@ -66,6 +67,7 @@ from ledger.errors import (
     InvalidEvent,
     LedgerError,
     LedgerUnavailable,
+    StaleHead,
 )
 from ledger.export import dump_export
 from ledger.interface import AuditableLedger, EventType, NewEvent, StoredEvent
@@ -102,6 +104,7 @@ SIGN_ROLES = frozenset({WRITER_ROLE, *EXPORT_ROLES})
 _CODES: list[tuple[type[LedgerError], int, str]] = [
     (LedgerUnavailable, code_pb2.UNAVAILABLE, "ledger_unavailable"),
     (DuplicateKey, code_pb2.ALREADY_EXISTS, "duplicate_key"),
+    (StaleHead, code_pb2.ABORTED, "stale_head"),
     (InvalidEvent, code_pb2.INVALID_ARGUMENT, "invalid_event"),
     (IntegrityViolation, code_pb2.DATA_LOSS, "integrity_violation"),
     (ProofInvalid, code_pb2.FAILED_PRECONDITION, "proof_invalid"),
@@ -288,9 +291,18 @@ _VIEW = {False: pb.VIEW_SUMMARY, True: pb.VIEW_RAW}
 class LedgerServicer(pb_grpc.LedgerServicer):
     """``l7.ledger.v1.Ledger`` over an ``AuditableLedger``; access per ``ledger.access``."""
 
-    def __init__(self, ledger: AuditableLedger, authorizer: ReadAuthorizer) -> None:
+    def __init__(
+        self,
+        ledger: AuditableLedger,
+        authorizer: ReadAuthorizer,
+        *,
+        tier_keys: TierKeys | None = None,
+    ) -> None:
         self.ledger = ledger
         self.authorizer = authorizer
+        self.tier_keys = tier_keys
+        """Pinned tier keys: with them, a writer appends only event types its tier owns,
+        each stream attested by its own tier (``ledger.attestation.authorize_batch``)."""
         self._cp_lock = threading.Lock()
         self._latest_cp: Checkpoint | None = None
         self._cp_loaded = False
@@ -340,6 +352,8 @@ class LedgerServicer(pb_grpc.LedgerServicer):
         if len(request.events) > MAX_BATCH:
             raise RequestInvalid("events", f"at most {MAX_BATCH} events per batch")
         events = [_new_event(i, e) for i, e in enumerate(request.events)]
+        if self.tier_keys is not None:
+            self._authorize_batch(reader, events)
         confs = self.ledger.append(events)
         resp = pb.AppendResponse(
             confirmations=[
@@ -357,6 +371,20 @@ class LedgerServicer(pb_grpc.LedgerServicer):
         if cp is not None:
             resp.checkpoint.CopyFrom(_checkpoint_pb(cp))
         return resp
+
+    def _authorize_batch(self, reader: Reader, events: Sequence[NewEvent]) -> None:
+        assert self.tier_keys is not None
+        try:
+            tier = Tier(reader.tier or "")
+        except ValueError:
+            raise AccessDenied(
+                f"writer {reader.subject} speaks for no tier ({reader.tier!r}): its token needs "
+                "a tier:engine or tier:gateway role"
+            ) from None
+        try:
+            authorize_batch(events, tier, self.tier_keys)
+        except PermissionError as e:
+            raise AccessDenied(f"Append refused for {reader.subject} ({tier.value}): {e}") from e
 
     def SignCheckpoint(  # noqa: N802
         self, request: pb.SignCheckpointRequest, context: grpc.ServicerContext
@@ -547,13 +575,15 @@ def create_ledger_server(
     max_workers: int = 32,
     credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
+    tier_keys: TierKeys | None = None,
 ) -> tuple[grpc.Server, int]:
     """A not-yet-started server bound to ``addr`` (port 0 picks a free port).
 
     Pass ``health_servicer`` to keep a handle on it (``serve`` uses it to report
     NOT_SERVING before a graceful stop). ``credentials`` make it a TLS port (mTLS when
     they require client certificates); ``interceptors`` run before the error mapping
-    (a peer allowlist goes there). Raises ValueError if ``addr`` cannot be bound.
+    (a peer allowlist goes there); ``tier_keys`` turn on per-tier Append authorization.
+    Raises ValueError if ``addr`` cannot be bound.
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ledger-grpc"),
@@ -563,7 +593,9 @@ def create_ledger_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_LedgerServicer_to_server(LedgerServicer(ledger, authorizer), server)
+    pb_grpc.add_LedgerServicer_to_server(
+        LedgerServicer(ledger, authorizer, tier_keys=tier_keys), server
+    )
     hs = health_servicer or health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     hs.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)

@@ -61,6 +61,7 @@ from ledger._dberrors import db_errors
 from ledger._engine import make_engine, write_lock
 from ledger._fastwrite import FastSql
 from ledger._writer import GroupWriter, Prepared, WriterStats
+from ledger.attestation import check_placement
 from ledger.audit import AuditReport, verify_log
 from ledger.canonical import canonical_body, chain_hash
 from ledger.checkpoint import (
@@ -312,6 +313,7 @@ class SqlLedger:
             policy_version=ev.policy_version,
             unique_key=ev.unique_key,
             body=body,
+            attestation=ev.payload if etype == EventType.BATCH_ATTESTED.value else None,
         )
 
     def _commit_group(
@@ -443,6 +445,11 @@ class SqlLedger:
             taken = taken_key(keys)
             if taken is not None:
                 raise DuplicateKey(taken)
+        if any(p.attestation is not None for p in batch):
+            check_placement(
+                ((p.decision_id, p.event_type, p.attestation or {}) for p in batch),
+                {p.decision_id: heads[p.decision_id] for p in batch},
+            )
         local: dict[str, tuple[int, EventHash]] = {}
         confs: list[Confirmation] = []
         rows: list[dict[str, Any]] = []

@@ -19,8 +19,10 @@ from typing import Any
 
 from l7.cli.certs import add_tls_flag
 from l7.cli.progress import Progress
+from l7.cli.trust import add_trust_flags, trust_from_args
 from l7.errors import ConfigError
 from ledger import IntegrityViolation, open_ledger
+from ledger.attestation import AttestationChecker, TierKeys
 
 __all__ = ["add_ledger_commands"]
 
@@ -66,19 +68,40 @@ def cmd_verify(a: argparse.Namespace) -> int:
         opts["checkpoint_public_key"] = _pubkey(a.checkpoint_key)
     if a.witness:
         opts["witness_path"] = Path(a.witness)
+    keys = trust_from_args(a).keys
     led = open_ledger(a.ledger, **opts)
     try:
         if a.checkpoint_key:
             report: Any = led.audit(progress=Progress("auditing ledger"))
         else:
             report = led.verify(progress=Progress("verifying ledger"))
+        signed = check_attestations(led, keys)
     except IntegrityViolation as e:
         print(f"FAILED: {e}", file=sys.stderr)
         return 1
     finally:
         led.close()
-    print(f"OK: {report}")
+    print(f"OK: {report}; {signed}")
     return 0
+
+
+def check_attestations(led: Any, keys: TierKeys) -> str:
+    """Every tier signature in the ledger verifies against the pinned keys and every
+    authority event is signed by a tier that owns it (IntegrityViolation naming the first
+    that is not); returns a one-line summary."""
+    checker = AttestationChecker(keys)
+    progress = Progress("checking tier signatures")
+    total = led.count()
+    for i, e in enumerate(led.iter_events(), 1):
+        checker.feed(e)
+        if i % 5000 == 0:
+            progress(i, total)
+    checker.finish()
+    progress(total, total)
+    return (
+        f"{checker.attestations} tier attestations verify, covering {checker.covered} events; "
+        "every authority event is signed by its tier"
+    )
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -110,6 +133,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from l7.cli.main import _verifier
     from l7.identity.ledger_reader import OidcReadAuthorizer
     from l7.tls import server_tls
+    from l7.trust import load_tier_signer
+    from ledger.attestation import Tier
     from ledger.checkpoint import Ed25519CheckpointSigner
     from ledger.checkpointer import Checkpointer, IntegrityMonitor
     from ledger.service import create_ledger_server
@@ -127,6 +152,10 @@ def cmd_serve(a: argparse.Namespace) -> int:
         opts["witness_path"] = Path(a.witness)
     if a.dual_write:
         opts["dual_write"] = a.dual_write
+    trust = trust_from_args(a)
+    if trust.local_keys:  # a local stack's tiers find their keys (and this service trusts them)
+        for tier in (Tier.ENGINE, Tier.GATEWAY):
+            _, trust = load_tier_signer(tier, trust, key_path=None, work_dir=Path(a.work_dir))
     led = open_ledger(a.ledger, **opts)
     workers: list[Checkpointer | IntegrityMonitor] = []
     try:
@@ -140,6 +169,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
             health_servicer=hs,
             credentials=st.credentials if st else None,
             interceptors=[st.interceptor] if st else (),
+            tier_keys=trust.keys,
         )
         server.start()
         if a.checkpoint_key:
@@ -176,6 +206,8 @@ def add_ledger_commands(sub: Any, ledger_flag: Any) -> None:
     ver.add_argument("--checkpoint-key", help="ledger checkpoint public key (PEM)")
     ver.add_argument("--witness", help="witness file of signed checkpoints (JSON lines)")
     ver.add_argument("--export", help="verify this audit pack offline instead")
+    ver.add_argument("--env", default="local", help="environment whose trust file applies")
+    add_trust_flags(ver, signer=False)
     ver.set_defaults(fn=cmd_verify)
 
     exp = lsub.add_parser("export", help="an offline-verifiable audit pack")
@@ -200,5 +232,7 @@ def add_ledger_commands(sub: Any, ledger_flag: Any) -> None:
     srv.add_argument("--dual-write", help="second sink, jsonl:///path")
     srv.add_argument("--checkpoint-every-s", type=float, default=60.0)
     srv.add_argument("--integrity-every-s", type=float, default=300.0)
+    srv.add_argument("--env", default="local", help="environment whose trust file applies")
+    add_trust_flags(srv, signer=False)
     add_tls_flag(srv, "ledger")
     srv.set_defaults(fn=cmd_serve)

@@ -21,12 +21,15 @@ from l7.cli.authority import add_authority_commands
 from l7.cli.certs import add_certs_commands, add_tls_flag, tls_credentials, tls_dir
 from l7.cli.decision import add_replay_command
 from l7.cli.ledger_cmds import add_ledger_commands
+from l7.cli.trust import add_trust_commands, add_trust_flags, signed_ledger, trust_from_args
 from l7.engine.state import fold_decision
 from l7.errors import ConfigError, L7Error, RequestInvalid
 from l7.identity import TokenVerifier
+from l7.signed_ledger import SignedLedger
 from l7.stack import REPO_ROOT, Stack, StackConfig, connect_ledger
 from l7.tls import server_tls
 from ledger import LedgerError, open_ledger
+from ledger.attestation import Tier
 
 __all__ = ["main"]
 
@@ -135,6 +138,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
             rate_limit_url=a.rate_limit_db,
             grant_key=Path(a.grant_key) if a.grant_key else None,
             opa_restart_s=a.opa_restart_s,
+            work_dir=Path(a.work_dir),
+            trust_file=Path(a.trust_file) if a.trust_file else None,
+            tier_key=Path(a.tier_key) if a.tier_key else None,
         )
     )
     stack.start()
@@ -184,11 +190,11 @@ def cmd_decide(a: argparse.Namespace) -> int:
 
 
 def cmd_decision_show(a: argparse.Namespace) -> int:
-    led = open_ledger(a.ledger, create=False)
+    raw = open_ledger(a.ledger, create=False)
     try:
-        events = led.get_stream(a.decision_id)
+        events = SignedLedger(raw, keys=trust_from_args(a).keys).get_stream(a.decision_id)
     finally:
-        led.close()
+        raw.close()
     if not events:
         print(f"no decision {a.decision_id!r} in {a.ledger}", file=sys.stderr)
         return 1
@@ -261,7 +267,7 @@ def cmd_gateway_serve(a: argparse.Namespace) -> int:
     keys = {kid_of(k): k for k in (load_grant_public_key(Path(p)) for p in a.grant_public_key)}
     bao = _bao(a)
     certs = tls_dir(a)
-    led = (
+    raw = (
         connect_ledger(
             a.ledger,
             token=os.environ.get("L7_LEDGER_TOKEN"),
@@ -270,6 +276,11 @@ def cmd_gateway_serve(a: argparse.Namespace) -> int:
         if a.ledger.startswith("grpc://")
         else open_ledger(a.ledger, create=False)
     )
+    try:
+        led = signed_ledger(a, raw, Tier.GATEWAY)
+    except BaseException:
+        raw.close()
+        raise
     server, port = create_gateway_server(
         a.addr,
         GatewayService(
@@ -366,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the ledger's database when --ledger is PostgreSQL; else per process)",
     )
     add_tls_flag(sp, "engine")
+    add_trust_flags(sp, signer=True)
     ledger_flag(sp)
     sp.set_defaults(fn=cmd_serve)
 
@@ -383,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = sp.add_subparsers(dest="decision_cmd", required=True, metavar="SUBCOMMAND")
     show = dsub.add_parser("show", help="a decision rebuilt from its ledger events alone")
     show.add_argument("decision_id")
+    show.add_argument("--env", default="local", help="environment whose trust file applies")
+    add_trust_flags(show, signer=False)
     ledger_flag(show)
     show.set_defaults(fn=cmd_decision_show)
     add_replay_command(dsub, ledger_flag)
@@ -416,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_authority_commands(sub, DEFAULT_ADDR)
     add_certs_commands(sub)
+    add_trust_commands(sub)
 
     sp = sub.add_parser("gateway", help="the execution gateway (Boundary B)")
     gsub = sp.add_subparsers(dest="gateway_cmd", required=True, metavar="SUBCOMMAND")
@@ -427,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="engine grant key (PEM, repeatable for rotation); required",
     )
     gs.add_argument("--gateway-id", default="gateway", help="name recorded in the ledger")
+    gs.add_argument("--env", default="local", help="environment whose trust file applies")
+    add_trust_flags(gs, signer=True)
     add_tls_flag(gs, "gateway")
     bao_flags(gs)
     ledger_flag(gs)

@@ -22,9 +22,14 @@ log = logging.getLogger(__name__)
 
 
 class FieldGuardedLedger:
-    def __init__(self, inner: LedgerClient) -> None:
+    def __init__(
+        self,
+        inner: LedgerClient,
+        *,
+        rules: Callable[[], Mapping[str, Any] | None] | None = None,
+    ) -> None:
         self.inner = inner
-        self.rules: Callable[[], Mapping[str, Any] | None] = lambda: None
+        self.rules: Callable[[], Mapping[str, Any] | None] = rules or (lambda: None)
         self._parsed: tuple[int, FieldAllowlist] | None = None
 
     def _allowlist(self) -> FieldAllowlist | None:

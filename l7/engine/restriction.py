@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from l7.errors import Forbidden, LedgerDegraded, RequestInvalid
+from l7.errors import Forbidden, LedgerDegraded, LedgerIntegrityFailed, RequestInvalid
 from ledger import EventType, LedgerClient, LedgerError, NewEvent
 
 __all__ = ["CLEAR_MIN_LEVEL", "STREAM", "Restriction", "RestrictionState"]
@@ -47,6 +47,8 @@ class Restriction:
             events = self.ledger.get_stream(STREAM)
         except LedgerError as err:
             raise LedgerDegraded(f"the ledger could not be read: {err}") from err
+        except LedgerIntegrityFailed as err:  # the restriction stream itself was forged
+            return RestrictionState(True, str(err))
         st = RestrictionState(active=False)
         for e in events:
             kind = e.payload.get("kind")

@@ -10,17 +10,19 @@ by the ledger as its own kind of access.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from l7.errors import Forbidden, IdentityDegraded, Unauthenticated
 from l7.identity.interface import TokenVerifier
-from l7.tls import check_cnf_binding
+from l7.tls import check_cnf_binding, spiffe_id, spiffe_id_of
 from ledger import LedgerUnavailable
 from ledger.access import AccessDenied, Reader
 
 __all__ = ["OidcReadAuthorizer"]
 
 BREAKGLASS_MIN_LEVEL = 4
+TIER_ROLE_PREFIX = "tier:"
+"""A writer's token carries ``tier:engine`` or ``tier:gateway`` beside ``writer``."""
 
 
 class OidcReadAuthorizer:
@@ -43,4 +45,26 @@ class OidcReadAuthorizer:
         except Forbidden as e:
             raise AccessDenied(str(e), authenticated=False) from e
         breakglass = bool(metadata.get("x-l7-breakglass")) and who.level >= BREAKGLASS_MIN_LEVEL
-        return Reader(subject=who.subject, roles=frozenset(who.roles), breakglass=breakglass)
+        return Reader(
+            subject=who.subject,
+            roles=frozenset(who.roles),
+            breakglass=breakglass,
+            tier=writer_tier(who.roles, peer_cert_der),
+        )
+
+
+def writer_tier(roles: Iterable[str], peer_cert_der: bytes | None) -> str | None:
+    """The tier a writer speaks for: its token's ``tier:<name>`` role, which its mTLS
+    certificate (when it presents one) must name too (``spiffe://layer7.local/<name>``).
+    AccessDenied when the two disagree or the token names several tiers."""
+    named = {r.removeprefix(TIER_ROLE_PREFIX) for r in roles if r.startswith(TIER_ROLE_PREFIX)}
+    if len(named) > 1:
+        raise AccessDenied(f"the token names several tiers {sorted(named)}", authenticated=False)
+    tier = next(iter(named), None)
+    spiffe = spiffe_id_of(peer_cert_der)
+    if tier is not None and spiffe is not None and spiffe != spiffe_id(tier):
+        raise AccessDenied(
+            f"the token speaks for tier {tier}, the client certificate is {spiffe}",
+            authenticated=False,
+        )
+    return tier

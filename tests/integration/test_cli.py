@@ -84,10 +84,11 @@ def test_decide_against_a_running_server_reports_errors_as_json(tmp_path: Path) 
 
 
 def test_verify_passes_on_an_untouched_ledger(filled_ledger: tuple[str, Path, list[str]]) -> None:
-    url, _, _ = filled_ledger
-    r = l7("ledger", "verify", "--ledger", url)
+    url, db, _ = filled_ledger
+    r = l7("ledger", "verify", "--ledger", url, "--work-dir", str(db.parent / "w"))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("OK: ")
+    assert "every authority event is signed by its tier" in r.stdout
     assert "verifying ledger" in r.stderr  # progress is shown
 
 

@@ -368,7 +368,7 @@ def world_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         engine_proc = Child(
             "engine process",
             [sys.executable, "-c", _ENGINE_MAIN, stack.opa.url, f"grpc://{ledger_proc.target}",
-             f"127.0.0.1:{port}", str(tmp / "engine-proc"), str(tmp / "stack/keys/grant.pem")],
+             f"127.0.0.1:{port}", str(tmp / "stack"), str(tmp / "stack/keys/grant.pem")],
             port, "l7.v1.Governance", tmp / "engine-process.log",
         )  # fmt: skip
         engine_proc.start()

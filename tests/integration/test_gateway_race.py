@@ -54,7 +54,8 @@ def two_gateways(tmp_path: Path) -> Iterator[tuple[Stack, list[str]]]:
                     subprocess.Popen(
                         [sys.executable, "-m", "l7.cli.main", "gateway", "serve",
                          "--addr", target, "--ledger", url, "--gateway-id", f"gw-{i}",
-                         "--grant-public-key", str(stack.grant_public_key_path)],
+                         "--grant-public-key", str(stack.grant_public_key_path),
+                         "--work-dir", str(tmp_path)],
                         stdout=log, stderr=subprocess.STDOUT,
                     )
                 )  # fmt: skip
@@ -103,11 +104,11 @@ def test_each_grant_is_used_exactly_once_across_two_gateways(
     per_grant = [results[i : i + 2] for i in range(0, len(results), 2)]
     outcomes = Counter(tuple(sorted(r for _, r in pair)) for pair in per_grant)
     assert outcomes == {("grant_replayed", "ok"): CALLS}, outcomes
-    assert stack.ledger is not None
-    events = list(stack.ledger.iter_events())
+    assert stack.raw_ledger is not None
+    events = list(stack.raw_ledger.iter_events())
     authorized = [e for e in events if e.event_type == "execution.authorized"]
     assert len(authorized) == CALLS
     assert len({e.decision_id for e in authorized}) == CALLS
     assert {e.payload["gateway"] for e in authorized} == {"gw-0", "gw-1"}  # both won some
-    report = stack.ledger.verify()
+    report = stack.raw_ledger.verify()
     assert report.events == len(events)

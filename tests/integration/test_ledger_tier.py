@@ -57,7 +57,10 @@ def test_engine_and_gateway_work_over_the_ledger_service(
         gw.close()
         assert c.get_decision(r.decision.decision_id)["status"] == "authorized"
     types = [e.event_type for e in led.get_stream(r.decision.decision_id)]
-    assert types[0] == "decision.created" and types[-1] == "execution.authorized"
+    assert types[0] == "decision.created" and types[-2:] == [
+        "execution.authorized",
+        "batch.attested",
+    ]
     led.verify()
 
 
@@ -90,7 +93,8 @@ def test_failed_integrity_check_enters_restriction_mode(tmp_path: Path) -> None:
         for (name,) in attacker.execute("SELECT name FROM sqlite_master WHERE type='trigger'"):
             attacker.execute(f'DROP TRIGGER "{name}"')
         attacker.execute(
-            "UPDATE events SET body = replace(body, 'pass', 'PASS') WHERE global_seq = 3"
+            "UPDATE events SET body = replace(body, 'pass', 'PASS') WHERE global_seq = "
+            "(SELECT min(global_seq) FROM events WHERE event_type = 'policy.gate')"
         )
         attacker.close()
         failure = stack.monitor.check_now()
@@ -153,5 +157,85 @@ def test_export_of_one_decision_verifies_offline_and_one_byte_breaks_it(tmp_path
     finally:
         led.close()
     audit = _l7("ledger", "verify", "--ledger", url, "--checkpoint-key", str(pub),
-                "--witness", str(tmp_path / "w.jsonl"))  # fmt: skip
+                "--witness", str(tmp_path / "w.jsonl"),
+                "--work-dir", str(tmp_path / "w"))  # fmt: skip
     assert audit.returncode == 0, audit.stderr
+
+
+def test_the_ledger_service_lets_each_tier_append_only_what_it_owns_and_signs(
+    tmp_path: Path,
+) -> None:
+    """Issue #12: the gateway's writer token cannot append an engine-owned event type (nor
+    anything unsigned, nor signed as another tier) through the ledger service."""
+    from l7.crypto import Ed25519Signer
+    from l7.signed_ledger import SignedLedger
+    from ledger import EventType, NewEvent
+    from ledger.access import AccessDenied
+    from ledger.attestation import Tier, TierKeys
+    from ledger.remote import RemoteLedger
+
+    engine_key, gateway_key = Ed25519Signer.generate(), Ed25519Signer.generate()
+    keys = TierKeys(
+        {
+            engine_key.key_id: (Tier.ENGINE, engine_key.public_key_raw),
+            gateway_key.key_id: (Tier.GATEWAY, gateway_key.public_key_raw),
+        }
+    )
+    led = SqlLedger(f"sqlite:///{tmp_path / 'tier.sqlite'}")
+    tokens = StaticTokens(
+        {
+            "engine-token": Reader("l7-engine", frozenset({"writer"}), tier="engine"),
+            "gateway-token": Reader("gw-1", frozenset({"writer"}), tier="gateway"),
+            "tierless-token": Reader("someone", frozenset({"writer"})),
+        }
+    )
+    server, port = create_ledger_server("127.0.0.1:0", led, tokens, tier_keys=keys)
+    server.start()
+
+    def client(token: str, tier: Tier, signer: Ed25519Signer) -> SignedLedger:
+        remote = RemoteLedger(f"127.0.0.1:{port}", metadata=(("authorization", f"Bearer {token}"),))
+        return SignedLedger(remote, tier=tier, signer=signer, keys=keys)
+
+    def authorized(d: str) -> NewEvent:
+        return NewEvent(
+            d, EventType.ENFORCEMENT_RESULT, "l7-engine", "rev", {"status": "authorized"}
+        )
+
+    engine = client("engine-token", Tier.ENGINE, engine_key)
+    gateway = client("gateway-token", Tier.GATEWAY, gateway_key)
+    try:
+        engine.append(
+            [NewEvent("d1", EventType.DECISION_CREATED, "l7-engine", "rev", {}), authorized("d1")]
+        )
+        gateway.append(
+            [NewEvent("d1", EventType.EXECUTION_AUTHORIZED, "gw-1", "rev", {"execution_id": "x"})]
+        )
+        with pytest.raises(AccessDenied, match="tier gateway may not write enforcement.result"):
+            gateway.append([authorized("d2")])
+        with pytest.raises(AccessDenied, match="tier gateway may not write key.registered"):
+            gateway.append([NewEvent("keys/mgr1", EventType.KEY_REGISTERED, "gw-1", "", {})])
+        # the gateway's token, a gateway-owned event, attested as if by the engine
+        with pytest.raises(AccessDenied, match="attested as engine, the writer is gateway"):
+            client("gateway-token", Tier.ENGINE, gateway_key).append(
+                [NewEvent("d1", EventType.EXECUTION_CONFIRMED, "gw-1", "rev", {})]
+            )
+        # unsigned, straight through the service
+        raw_gateway = RemoteLedger(
+            f"127.0.0.1:{port}", metadata=(("authorization", "Bearer gateway-token"),)
+        )
+        with pytest.raises(AccessDenied, match="carries no attestation by gateway"):
+            raw_gateway.append([NewEvent("d1", EventType.EXECUTION_CONFIRMED, "gw-1", "rev", {})])
+        raw_gateway.close()
+        with pytest.raises(AccessDenied, match="speaks for no tier"):
+            client("tierless-token", Tier.ENGINE, engine_key).append([authorized("d4")])
+        assert [e.event_type for e in engine.get_stream("d1")] == [
+            "decision.created",
+            "enforcement.result",
+            "execution.authorized",
+        ]
+        assert {e.decision_id for e in led.iter_events()} == {"d1"}  # nothing else landed
+    finally:
+        engine.close()
+        gateway.close()
+        server.stop(grace=1).wait(5)
+        led.close()

@@ -52,7 +52,7 @@ class World:
 def _copy_repo(root: Path) -> None:
     shutil.copytree(REPO / "rego", root / "rego", ignore=shutil.ignore_patterns("*_test.rego"))
     (root / "bundles").mkdir()
-    for lock in (REPO / "bundles").glob("*.lock.json"):
+    for lock in (*(REPO / "bundles").glob("*.lock.json"), *(REPO / "bundles").glob("*.trust.json")):
         shutil.copy(lock, root / "bundles" / lock.name)
     for dep in (REPO / "bundles").glob("*/deployment.json"):
         (root / "bundles" / dep.parent.name).mkdir()
@@ -218,7 +218,9 @@ def test_advisory_mode_from_the_signed_bundle_records_and_does_not_block(world: 
             rev: {n: led.get_stream(i) for n, i in ids.items()}
             for rev, ids in world.decisions.items()
         }
-        activations = [e.payload for e in led.get_stream("policy/local")]
+        activations = [
+            e.payload for e in led.get_stream("policy/local") if e.event_type == "policy.activated"
+        ]
     finally:
         led.close()
 

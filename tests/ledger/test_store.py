@@ -261,8 +261,10 @@ def test_unreachable_postgresql_url_is_accepted_but_unavailable() -> None:
 
 
 def test_event_types_round_trip(led: SqlLedger) -> None:
-    led.append([ev("d1", kind=k) for k in EventType])
-    assert [e.event_type for e in led.get_stream("d1")] == [k.value for k in EventType]
+    """Every type but batch.attested, whose payload the ledger checks (test_attestation)."""
+    kinds = [k for k in EventType if k is not EventType.BATCH_ATTESTED]
+    led.append([ev("d1", kind=k) for k in kinds])
+    assert [e.event_type for e in led.get_stream("d1")] == [k.value for k in kinds]
 
 
 def test_savepoint_rolls_back_a_batch_that_fails_inside_the_insert(backend: Backend) -> None:

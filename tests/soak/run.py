@@ -443,13 +443,13 @@ def _ledger_token_keys(work: Path) -> tuple[Ed25519PrivateKey, Path]:
     return key, path
 
 
-def _service_token(key: Ed25519PrivateKey, subject: str, ttl_s: int) -> str:
+def _service_token(key: Ed25519PrivateKey, subject: str, ttl_s: int, tier: str) -> str:
     now = int(time.time())
     claims = {
         "iss": LEDGER_ISSUER,
         "aud": AUDIENCE,
         "sub": subject,
-        "roles": ["writer"],
+        "roles": ["writer", f"tier:{tier}"],
         "level": 1,
         "iat": now,
         "exp": now + ttl_s,
@@ -562,7 +562,7 @@ class Soak:
             f"127.0.0.1:{engine_port}",
             "l7.v1.Governance",
             self.work / "engine.log",
-            {"L7_LEDGER_TOKEN": _service_token(key, "l7-engine", ttl)},
+            {"L7_LEDGER_TOKEN": _service_token(key, "l7-engine", ttl, "engine")},
         )
         self.engine.start(timeout_s=120)
         self.engine_started = time.monotonic()
@@ -584,7 +584,7 @@ class Soak:
             f"127.0.0.1:{gw_port}",
             "l7.v1.Gateway",
             self.work / "gateway.log",
-            {"L7_LEDGER_TOKEN": _service_token(key, "soak-gw", ttl)},
+            {"L7_LEDGER_TOKEN": _service_token(key, "soak-gw", ttl, "gateway")},
         )
         self.gateway.start()
         self._gov_ch = grpc.insecure_channel(self.engine.target)
