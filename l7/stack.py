@@ -34,7 +34,8 @@ from l7.gateway.grant import (
 from l7.gateway.server import create_gateway_server
 from l7.gateway.service import GatewayService
 from l7.identity import TokenVerifier
-from l7.policy.bundle import DEFAULT_SIGNING_KEY, BuiltBundle, activate, verify_built, verify_lock
+from l7.policy.activation import activate_recorded
+from l7.policy.bundle import DEFAULT_SIGNING_KEY, BuiltBundle, verify_built, verify_lock
 from l7.policy.evaluator import OpaEvaluator
 from l7.policy.opa_process import BUNDLE_NAME, OpaProcess, find_opa
 from l7.policy.readiness import PolicyReadiness, ReadinessGatedEvaluator
@@ -42,7 +43,7 @@ from l7.secrets.envelope import Envelope
 from l7.secrets.interface import SecretStore
 from l7.server.app import create_server
 from l7.tls import client_credentials, server_tls
-from ledger import EventType, LedgerClient, NewEvent, SqlLedger, open_ledger
+from ledger import LedgerClient, SqlLedger, open_ledger
 from ledger.checkpointer import IntegrityMonitor
 from ledger.remote import RemoteLedger
 
@@ -136,7 +137,8 @@ class Stack:
         self.config = config
         self.bundle: BuiltBundle | None = None
         self.activation: dict[str, object] | None = None
-        """The policy.activated payload (None: this revision was already active)."""
+        """The policy.activated payload recorded in the ledger (None: this revision was
+        already the active one)."""
         self.opa: OpaProcess | None = None
         self.ledger: LedgerClient | None = None
         self.engine: Engine | None = None
@@ -166,6 +168,12 @@ class Stack:
         cfg = self.config
         check_production_posture(cfg)
         try:
+            # The ledger first: the rollback floor is its policy.activated history.
+            self.ledger = connect_ledger(
+                cfg.ledger_url,
+                token=cfg.ledger_token,
+                credentials=client_credentials(cfg.cert_dir, "engine") if cfg.cert_dir else None,
+            )
             if cfg.opa_url:
                 evaluator: PolicyEvaluator = OpaEvaluator(cfg.opa_url)
             else:
@@ -189,10 +197,12 @@ class Stack:
                 )
                 self.opa.start()
                 # Recorded only once OPA has accepted the signature; an unflagged rollback
-                # raises here and the except below stops OPA before anything was judged.
-                self.activation = activate(
+                # (judged against the ledger's history, never only the local cache) raises
+                # here and the except below stops OPA before anything was judged.
+                self.activation = activate_recorded(
                     cfg.env,
                     self.bundle,
+                    self.ledger,
                     work_dir=cfg.work_dir,
                     # local is a developer's own loop (edit, revert, serve again)
                     allow_rollback=cfg.allow_rollback or cfg.env == "local",
@@ -204,24 +214,6 @@ class Stack:
                     PolicyReadiness(
                         self.opa.url, bundle=BUNDLE_NAME, expected_revision=self.bundle.revision
                     ),
-                )
-            self.ledger = connect_ledger(
-                cfg.ledger_url,
-                token=cfg.ledger_token,
-                credentials=client_credentials(cfg.cert_dir, "engine") if cfg.cert_dir else None,
-            )
-            if self.activation is not None:
-                # Every activation (and any rollback) of a signed revision is on the record.
-                self.ledger.append(
-                    [
-                        NewEvent(
-                            f"policy/{cfg.env}",
-                            EventType.POLICY_ACTIVATED,
-                            "l7-engine",
-                            str(self.activation.get("revision", "")),
-                            dict(self.activation),
-                        )
-                    ]
                 )
             guarded = FieldGuardedLedger(self.ledger)
             self.engine = Engine(
