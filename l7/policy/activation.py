@@ -123,6 +123,10 @@ def _sync_cache(env: str, work_dir: Path, history: Sequence[Activation]) -> None
     got = [a.revision for a in cached]
     if want == got:
         return
+    if not path.exists():  # a fresh work dir (or a deleted cache): nothing to disagree with
+        log.info("no activation cache at %s; writing the ledger's history for %r", path, env)
+        write_activations(env, work_dir, history)
+        return
     log.warning(
         "activation cache %s disagrees with the ledger for %r: the cache has %d activations "
         "(newest %s), the ledger %d (newest %s); the ledger is the authority and the cache is "
