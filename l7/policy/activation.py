@@ -39,7 +39,7 @@ from l7.policy.bundle import (
     read_activations,
     write_activations,
 )
-from ledger import DuplicateKey, EventType, LedgerClient, LedgerError, NewEvent, StoredEvent
+from ledger import DuplicateKey, EventType, LedgerClient, NewEvent, StoredEvent
 
 __all__ = [
     "ACTIVATION_ACTOR",
@@ -66,19 +66,13 @@ def _activation_history(ledger: LedgerClient, env: str) -> list[StoredEvent]:
     This is the one function the floor reads the ledger through. When authority events
     carry tier signatures (``ledger.attestation``), the filter that keeps only events
     covered by a valid engine signature goes here, and every caller gets it."""
-    try:
-        return list(
-            query_all(
-                queryable(ledger),
-                event_type=EventType.POLICY_ACTIVATED,
-                decision_id=activation_stream(env),
-            )
+    return list(
+        query_all(
+            queryable(ledger),
+            event_type=EventType.POLICY_ACTIVATED,
+            decision_id=activation_stream(env),
         )
-    except LedgerError as e:
-        raise LedgerDegraded(
-            f"the activation history of {env!r} could not be read from the ledger ({e}); "
-            "no revision is activated without it"
-        ) from e
+    )
 
 
 def _hex64(p: Any, key: str, e: StoredEvent) -> str:
@@ -155,8 +149,9 @@ def activate_recorded(
 
     Returns the ``policy.activated`` payload appended, or None when ``built`` is already
     the active revision (a restart: nothing recorded). Raises BundleError (reason
-    ``bundle_rollback``) for an unflagged rollback, LedgerDegraded when the ledger cannot
-    be read or does not confirm."""
+    ``bundle_rollback``) for an unflagged rollback or an unreadable history, and the
+    ledger's own LedgerError when it cannot be read or does not confirm (the engine then
+    does not start: nothing is activated without the ledger)."""
     if env != built.env:
         raise BundleError(f"bundle for env {built.env!r} cannot be activated for {env!r}")
     for _ in range(_ATTEMPTS):
@@ -184,11 +179,6 @@ def activate_recorded(
             ledger.append([event])
         except DuplicateKey:
             continue  # another replica activated meanwhile: read the history again
-        except LedgerError as e:
-            raise LedgerDegraded(
-                f"the ledger did not confirm the activation of {built.revision[:12]} for "
-                f"{env!r} ({e}); nothing was activated"
-            ) from e
         at = (now or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
         write_activations(env, work_dir, (*history, activation_from_record(record, at)))
         return record
