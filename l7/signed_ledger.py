@@ -14,7 +14,8 @@ is checked for signed authority (``ledger.attestation``, docs/0012-tier-attestat
   trust file. Otherwise ``LedgerIntegrityFailed`` names the event and ``on_violation``
   is told (the stack enters restriction mode). A database writer who inserts a
   well-hashed authority event it could not sign gains nothing. The attestations
-  themselves are left out of what ``get_stream`` and ``iter_events`` return.
+  themselves are left out of what ``get_stream``, ``iter_events`` and ``query`` return,
+  and an authority event a ``query`` returns is checked through its whole stream.
 
 Everything else (queries, proofs, checkpoints) is delegated unchanged.
 """
@@ -43,6 +44,7 @@ from ledger.attestation import (
     TierKeys,
     attestation_event,
     content_digest,
+    is_authority,
     require_authority,
 )
 
@@ -142,6 +144,20 @@ class SignedLedger:
         for e in self.inner.iter_events(after_global_seq=after_global_seq):
             if e.event_type != _ATTESTED:
                 yield e
+
+    def query(self, **filters: Any) -> list[StoredEvent]:
+        """``query`` of the wrapped ledger (a page, in global order), without attestations,
+        and with every authority event in the page checked through its whole stream: the
+        shared state replicas derive from queries (rollback floor, break-glass reviews,
+        pending index) honours only signed authority."""
+        page: list[StoredEvent] = self.inner.query(**filters)  # type: ignore[attr-defined]
+        out = [e for e in page if e.event_type != _ATTESTED]
+        checked: set[str] = set()
+        for e in out:
+            if e.decision_id not in checked and is_authority(e.event_type, e.payload):
+                self.get_stream(e.decision_id)  # raises LedgerIntegrityFailed
+                checked.add(e.decision_id)
+        return out
 
     def check(self, events: Sequence[StoredEvent]) -> None:
         """Raise LedgerIntegrityFailed unless every authority event in this whole stream

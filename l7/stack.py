@@ -35,7 +35,8 @@ from l7.gateway.grant import (
 from l7.gateway.server import create_gateway_server
 from l7.gateway.service import GatewayService
 from l7.identity import TokenVerifier
-from l7.policy.bundle import DEFAULT_SIGNING_KEY, BuiltBundle, activate, verify_built, verify_lock
+from l7.policy.activation import activate_recorded
+from l7.policy.bundle import DEFAULT_SIGNING_KEY, BuiltBundle, verify_built, verify_lock
 from l7.policy.evaluator import OpaEvaluator
 from l7.policy.opa_process import BUNDLE_NAME, OpaProcess, find_opa
 from l7.policy.readiness import PolicyReadiness, ReadinessGatedEvaluator
@@ -45,14 +46,7 @@ from l7.server.app import create_server
 from l7.signed_ledger import SignedLedger
 from l7.tls import client_credentials, server_tls
 from l7.trust import TrustFile, load_tier_signer, load_trust
-from ledger import (
-    EventType,
-    IntegrityViolation,
-    LedgerClient,
-    NewEvent,
-    SqlLedger,
-    open_ledger,
-)
+from ledger import IntegrityViolation, LedgerClient, SqlLedger, open_ledger
 from ledger.attestation import Tier
 from ledger.checkpointer import IntegrityMonitor
 from ledger.remote import RemoteLedger
@@ -155,7 +149,8 @@ class Stack:
         self.config = config
         self.bundle: BuiltBundle | None = None
         self.activation: dict[str, object] | None = None
-        """The policy.activated payload (None: this revision was already active)."""
+        """The policy.activated payload recorded in the ledger (None: this revision was
+        already the active one)."""
         self.opa: OpaProcess | None = None
         self.ledger: LedgerClient | None = None
         """The engine's view of the ledger: appends signed as the engine, authority checked."""
@@ -191,45 +186,7 @@ class Stack:
         cfg = self.config
         check_production_posture(cfg)
         try:
-            if cfg.opa_url:
-                evaluator: PolicyEvaluator = OpaEvaluator(cfg.opa_url)
-            else:
-                opa_bin = find_opa(str(cfg.opa_bin) if cfg.opa_bin else None)
-                self.bundle = verify_lock(
-                    cfg.env,
-                    repo_root=cfg.repo_root,
-                    out_dir=cfg.work_dir / "bundles",
-                    opa_bin=opa_bin,
-                    signing_key=cfg.bundle_signing_key or cfg.work_dir / DEFAULT_SIGNING_KEY,
-                )
-                logs = cfg.work_dir / "logs"
-                logs.mkdir(parents=True, exist_ok=True)
-                verify_built(self.bundle)  # the file OPA is about to load is the one we signed
-                self.opa = OpaProcess(
-                    self.bundle.path,
-                    opa_bin=opa_bin,
-                    log_path=logs / f"opa-{cfg.env}.log",
-                    signer=self.bundle.signer,
-                    scope=self.bundle.scope,
-                )
-                self.opa.start()
-                # Recorded only once OPA has accepted the signature; an unflagged rollback
-                # raises here and the except below stops OPA before anything was judged.
-                self.activation = activate(
-                    cfg.env,
-                    self.bundle,
-                    work_dir=cfg.work_dir,
-                    # local is a developer's own loop (edit, revert, serve again)
-                    allow_rollback=cfg.allow_rollback or cfg.env == "local",
-                )
-                # Judge only while /v1/status shows the pinned revision active and its last
-                # download verified recently (a tampered file on disk fails the next poll).
-                evaluator = ReadinessGatedEvaluator(
-                    OpaEvaluator(self.opa.url, expected_revision=self.bundle.revision),
-                    PolicyReadiness(
-                        self.opa.url, bundle=BUNDLE_NAME, expected_revision=self.bundle.revision
-                    ),
-                )
+            # The ledger first: the rollback floor is its (signed) policy.activated history.
             trust = load_trust(
                 cfg.env, repo_root=cfg.repo_root, work_dir=cfg.work_dir, override=cfg.trust_file
             )
@@ -255,18 +212,46 @@ class Stack:
                 keys=trust.keys,
                 on_violation=self._on_violation,
             )
-            if self.activation is not None:
-                # Every activation (and any rollback) of a signed revision is on the record.
-                signed.append(
-                    [
-                        NewEvent(
-                            f"policy/{cfg.env}",
-                            EventType.POLICY_ACTIVATED,
-                            "l7-engine",
-                            str(self.activation.get("revision", "")),
-                            dict(self.activation),
-                        )
-                    ]
+            if cfg.opa_url:
+                evaluator: PolicyEvaluator = OpaEvaluator(cfg.opa_url)
+            else:
+                opa_bin = find_opa(str(cfg.opa_bin) if cfg.opa_bin else None)
+                self.bundle = verify_lock(
+                    cfg.env,
+                    repo_root=cfg.repo_root,
+                    out_dir=cfg.work_dir / "bundles",
+                    opa_bin=opa_bin,
+                    signing_key=cfg.bundle_signing_key or cfg.work_dir / DEFAULT_SIGNING_KEY,
+                )
+                logs = cfg.work_dir / "logs"
+                logs.mkdir(parents=True, exist_ok=True)
+                verify_built(self.bundle)  # the file OPA is about to load is the one we signed
+                self.opa = OpaProcess(
+                    self.bundle.path,
+                    opa_bin=opa_bin,
+                    log_path=logs / f"opa-{cfg.env}.log",
+                    signer=self.bundle.signer,
+                    scope=self.bundle.scope,
+                )
+                self.opa.start()
+                # Recorded only once OPA has accepted the signature; an unflagged rollback
+                # (judged against the ledger's history, never only the local cache) raises
+                # here and the except below stops OPA before anything was judged.
+                self.activation = activate_recorded(
+                    cfg.env,
+                    self.bundle,
+                    self.ledger,
+                    work_dir=cfg.work_dir,
+                    # local is a developer's own loop (edit, revert, serve again)
+                    allow_rollback=cfg.allow_rollback or cfg.env == "local",
+                )
+                # Judge only while /v1/status shows the pinned revision active and its last
+                # download verified recently (a tampered file on disk fails the next poll).
+                evaluator = ReadinessGatedEvaluator(
+                    OpaEvaluator(self.opa.url, expected_revision=self.bundle.revision),
+                    PolicyReadiness(
+                        self.opa.url, bundle=BUNDLE_NAME, expected_revision=self.bundle.revision
+                    ),
                 )
             guarded = FieldGuardedLedger(signed)
             self.engine = Engine(

@@ -88,3 +88,29 @@ def flip_one_byte(member: str) -> Callable[[str, bytes], bytes]:
         return data[:-2] + bytes([data[-2] ^ 1]) + data[-1:] if name == member else data
 
     return fn
+
+
+def shared_tier_keys(directory: Path, env: str = "local") -> dict[str, Path]:
+    """Engine and gateway tier keys made now, and a trust file pinning both: the
+    ``StackConfig`` fields that let several replicas (each with its own work dir) sign as
+    one deployment, as operators pin one key per tier (docs/0012)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from l7.crypto import Ed25519Signer, load_private_key, save_private_key
+    from l7.trust import public_entry
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tiers: dict[str, list[dict[str, str]]] = {"engine": [], "gateway": [], "ledger": []}
+    out: dict[str, Path] = {}
+    for tier, field in (("engine", "tier_key"), ("gateway", "gateway_tier_key")):
+        path = directory / f"tier-{tier}.pem"
+        if not path.exists():
+            save_private_key(path, Ed25519PrivateKey.generate())
+        tiers[tier].append(public_entry(Ed25519Signer(load_private_key(path))))
+        out[field] = path
+    trust = directory / f"{env}.trust.json"
+    trust.write_text(
+        json.dumps({"environment": env, "version": 1, "local_keys": False, "tiers": tiers})
+    )
+    out["trust_file"] = trust
+    return out

@@ -9,8 +9,12 @@ Kinds, with their parameters in ``data.l7.config.anomalies`` (versioned with the
     approver_manages_requester ``reports_to[requester] == approver``
 
 Every detected kind is recorded as ``anomaly.detected``; the kinds listed in ``block``
-also refuse the approval (``Forbidden`` reason ``anomaly_blocked``). Counting windows are
-kept in this engine process.
+also refuse the approval (``Forbidden`` reason ``anomaly_blocked``).
+
+Refused signatures are counted by a ``RefusedSignatures`` store. The engine's store is the
+ledger (``l7.engine.shared_state.LedgerRefusals``: every refusal is an ``anomaly.detected``
+of kind ``signature_refused``), so every replica spends the same budget; ``MemoryRefusals``
+is the per-process default for unit use. The burst window is still kept in this process.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ import threading
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["AnomalyDetector"]
+__all__ = ["AnomalyDetector", "MemoryRefusals", "RefusedSignatures"]
 
 
 def _int(cfg: Mapping[str, Any], key: str, default: int) -> int:
@@ -29,12 +33,44 @@ def _int(cfg: Mapping[str, Any], key: str, default: int) -> int:
     return v if isinstance(v, int) and not isinstance(v, bool) else default
 
 
+class RefusedSignatures(Protocol):
+    """Where refused approval signatures are recorded and counted."""
+
+    def record(self, approver: str, now: int, *, decision_id: str, policy_version: str) -> None:
+        """Put one refused signature by ``approver`` at ``now`` on the record."""
+        ...
+
+    def count(self, approver: str, now: int, window_s: int) -> int:
+        """Refused signatures by ``approver`` in ``(now - window_s, now]``."""
+        ...
+
+
+class MemoryRefusals:
+    """Refused signatures counted in this process only (unit use; the engine uses the ledger)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bad: dict[str, deque[int]] = defaultdict(deque)
+
+    def record(self, approver: str, now: int, *, decision_id: str, policy_version: str) -> None:
+        with self._lock:
+            self._bad[approver].append(now)
+
+    def count(self, approver: str, now: int, window_s: int) -> int:
+        with self._lock:
+            return AnomalyDetector._count(self._bad[approver], now, window_s)
+
+
 class AnomalyDetector:
-    def __init__(self, config: Callable[[], Mapping[str, Any]]) -> None:
+    def __init__(
+        self,
+        config: Callable[[], Mapping[str, Any]],
+        refusals: RefusedSignatures | None = None,
+    ) -> None:
         self._config = config
         self._lock = threading.Lock()
         self._approvals: dict[str, deque[int]] = defaultdict(deque)
-        self._bad: dict[str, deque[int]] = defaultdict(deque)
+        self.refusals: RefusedSignatures = refusals if refusals is not None else MemoryRefusals()
 
     def blocking(self) -> frozenset[str]:
         block = self._config().get("block", [])
@@ -46,15 +82,15 @@ class AnomalyDetector:
             q.popleft()
         return len(q)
 
-    def bad_signature(self, approver: str, now: int) -> list[tuple[str, str]]:
+    def bad_signature(
+        self, approver: str, now: int, *, decision_id: str = "", policy_version: str = ""
+    ) -> list[tuple[str, str]]:
         """Record a refused signature; returns the anomaly when the threshold is reached."""
         cfg = self._config().get("bad_signatures", {})
         cfg = cfg if isinstance(cfg, Mapping) else {}
         limit, window = _int(cfg, "max", 3), _int(cfg, "window_s", 600)
-        with self._lock:
-            q = self._bad[approver]
-            q.append(now)
-            n = self._count(q, now, window)
+        self.refusals.record(approver, now, decision_id=decision_id, policy_version=policy_version)
+        n = self.refusals.count(approver, now, window)
         if n >= limit:
             return [("repeated_bad_signatures", f"{n} refused signatures in {window}s")]
         return []
@@ -87,8 +123,7 @@ class AnomalyDetector:
         bad = cfg.get("bad_signatures", {})
         bad = bad if isinstance(bad, Mapping) else {}
         bad_limit, bad_window = _int(bad, "max", 3), _int(bad, "window_s", 600)
-        with self._lock:
-            n_bad = self._count(self._bad[approver], now, bad_window)
+        n_bad = self.refusals.count(approver, now, bad_window)
         if n_bad >= bad_limit:
             found.append(("repeated_bad_signatures", f"{n_bad} refused signatures recently"))
         reports = cfg.get("reports_to", {})

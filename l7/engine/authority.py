@@ -4,7 +4,12 @@
                       revision) -> rules -> key + signature -> ledger batch
                       (approval event [+ enforcement.result when quorum holds or on reject])
     cancel            requester or L4+; pending or authorized-not-executed only
-    sweep             time-based transitions for every pending decision
+    sweep             time-based transitions for the pending decisions that are due
+
+The pending index and the refused-signature budget are read from the ledger
+(``l7.engine.shared_state``), so every engine replica sees the same pending list and
+spends the same anomaly budget; the sweeper reads what changed since its cursor and
+re-reads only the decisions whose deadline has come or that another replica changed.
 
 Every rule that refuses raises a typed error with a machine-readable reason; the
 refusals that signal misuse (self-approval, out-of-scope) are also recorded as
@@ -16,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,8 +40,10 @@ from l7.engine.events import (
     evaluation_events,
     policy_input_record,
 )
+from l7.engine.shared_state import LedgerRefusals, PendingIndex
 from l7.errors import (
     ApprovalInvalid,
+    DecisionNotFound,
     Forbidden,
     IllegalTransition,
     LedgerDegraded,
@@ -89,10 +95,10 @@ class AuthorityService:
         self.delegations = Delegations(engine.ledger)
         self.max_approval_ttl_s = max_approval_ttl_s
         self._locks = _KeyLocks()
-        self.anomalies = AnomalyDetector(self._anomaly_config)
-        self._pending: set[str] = set()
-        self._pending_lock = threading.Lock()
-        self._index_loaded = False
+        self.anomalies = AnomalyDetector(
+            self._anomaly_config, refusals=LedgerRefusals(engine.ledger)
+        )
+        self.index = PendingIndex(engine.ledger)
 
     def _anomaly_config(self) -> Mapping[str, Any]:
         cfg = self.engine.config_section("anomalies")
@@ -105,40 +111,28 @@ class AuthorityService:
 
     # -- the pending index -------------------------------------------------------------------
 
-    def _load_index(self) -> None:
-        """One scan of the ledger at first use; afterwards kept current by this engine."""
-        if self._index_loaded:
-            return
-        status: dict[str, str] = {}
-        try:
-            for e in self.ledger.iter_events():
-                s = e.payload.get("status") if isinstance(e.payload, dict) else None
-                if e.event_type in (
-                    _E.ENFORCEMENT_RESULT,
-                    _E.DECISION_EXPIRED,
-                    _E.DECISION_CANCELLED,
-                ) and isinstance(s, str):
-                    status[e.decision_id] = s
-        except LedgerError as e:
-            raise LedgerDegraded(f"the ledger could not be read: {e}") from e
-        with self._pending_lock:
-            self._pending |= {d for d, s in status.items() if s == Status.PENDING_AUTHORITY.value}
-            self._index_loaded = True
-
     def track(self, decision: Decision) -> Decision:
-        with self._pending_lock:
-            if decision.status is Status.PENDING_AUTHORITY:
-                self._pending.add(decision.decision_id)
-            else:
-                self._pending.discard(decision.decision_id)
+        """Note what this engine just folded (the ledger stays the authority: ``sync``)."""
+        if decision.status is Status.PENDING_AUTHORITY:
+            st = decision.authority_state
+            self.index.track(decision.decision_id, min(st.escalate_at, st.expires_at))
+        else:
+            self.index.track(decision.decision_id, None)
         return decision
 
     def pending(self, *, limit: int = 100) -> list[Decision]:
         """Pending decisions, most urgent first: band (critical first), then oldest."""
-        self._load_index()
-        with self._pending_lock:
-            ids = list(self._pending)
-        out = [d for d in (self.refresh(i) for i in ids) if d.status is Status.PENDING_AUTHORITY]
+        self.index.sync()
+        out: list[Decision] = []
+        for i in self.index.candidates():
+            try:
+                d = self.refresh(i)
+            except DecisionNotFound:  # a status event in a stream that holds no decision
+                log.warning("pending index: %s names no decision; dropped", i)
+                self.index.track(i, None)
+                continue
+            if d.status is Status.PENDING_AUTHORITY:
+                out.append(d)
 
         def key(d: Decision) -> tuple[int, str]:
             band = d.judgement.risk.band if d.judgement else Band.CRITICAL
@@ -147,15 +141,20 @@ class AuthorityService:
         return sorted(out, key=key)[: max(1, limit)]
 
     def sweep(self) -> int:
-        """Apply escalation and expiry to every pending decision; returns how many changed."""
-        self._load_index()
-        with self._pending_lock:
-            ids = list(self._pending)
+        """Apply escalation and expiry where due; returns how many decisions changed.
+
+        Reads the ledger from the index's cursor, then only the streams of decisions whose
+        deadline has come or that changed since (not every pending stream)."""
+        self.index.sync()
         changed = 0
-        for i in ids:
-            before = self.engine.get_decision(i)
-            if self.refresh(i).ledger != before.ledger:
-                changed += 1
+        for i in self.index.due(self._now()):
+            try:
+                with self._locks.hold(i):
+                    if self._advance(i, self._now())[1]:
+                        changed += 1
+            except DecisionNotFound:
+                log.warning("pending index: %s names no decision; dropped", i)
+                self.index.track(i, None)
         return changed
 
     # -- transitions by time -----------------------------------------------------------------
@@ -174,9 +173,14 @@ class AuthorityService:
             return self._refresh(decision_id, self._now())
 
     def _refresh(self, decision_id: str, now: int) -> Decision:
+        return self._advance(decision_id, now)[0]
+
+    def _advance(self, decision_id: str, now: int) -> tuple[Decision, bool]:
+        """The decision after recording any expiry or escalation due at ``now``, and
+        whether anything was recorded."""
         d = self.engine.get_decision(decision_id)
         if d.status is not Status.PENDING_AUTHORITY:
-            return self.track(d)
+            return self.track(d), False
         st, version = d.authority_state, d.policy_version
         events: list[NewEvent] = []
         if now >= st.expires_at:
@@ -225,7 +229,7 @@ class AuthorityService:
         if events:
             self._append(events)
             d = self.engine.get_decision(decision_id)
-        return self.track(d)
+        return self.track(d), bool(events)
 
     def _rejudge(self, d: Decision, now: int) -> Decision:
         """If the active policy revision changed, re-judge: earlier approvals are void."""
@@ -348,7 +352,10 @@ class AuthorityService:
             )
         except ApprovalInvalid as e:
             if e.reason == "signature_invalid":
-                for kind, detail in self.anomalies.bad_signature(subject, now):
+                found = self.anomalies.bad_signature(
+                    subject, now, decision_id=d.decision_id, policy_version=d.policy_version
+                )
+                for kind, detail in found:
                     self._anomaly(d, kind, subject, detail)
             raise
         # 4. Level: must qualify for at least one clause of the requirement in force.

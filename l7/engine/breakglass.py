@@ -8,17 +8,20 @@
     sweep    an unreviewed break-glass past its deadline raises an alert
              (anomaly.detected, once) and blocks its opener's next break-glass
 
-Break-glass never skips the ledger: when the ledger cannot confirm, it is refused.
+Break-glass never skips the ledger: when the ledger cannot confirm, it is refused. Which
+break-glass is still owed a review is read from the ledger before every open, list and
+sweep (``l7.engine.shared_state.BreakGlassIndex``), so an overdue review blocks its opener
+on every engine replica, not only on the one that opened it.
 """
 
 from __future__ import annotations
 
-import threading
 import uuid
 from dataclasses import dataclass
 
 from l7.domain import Action, Actor, Context, Decision, DecisionRequest, Status, Target
 from l7.engine.engine import Engine
+from l7.engine.shared_state import BreakGlassIndex, OpenBreakGlass
 from l7.errors import (
     Forbidden,
     IllegalTransition,
@@ -47,62 +50,25 @@ class BreakGlassRequest:
     environment: str = "production"
 
 
-@dataclass(frozen=True)
-class _Entry:
-    opened_by: str
-    review_deadline: int
-    reviewed: bool
-
-
 class BreakGlassService:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.ledger = engine.ledger
-        self._index: dict[str, _Entry] = {}
-        self._loaded = False
-        self._lock = threading.Lock()
+        self.index = BreakGlassIndex(engine.ledger)
+        self._alerted: set[str] = set()
+        """Overdue alerts this process knows are on the record (a cache of unique keys)."""
 
     def _now(self) -> int:
         return int(self.engine.clock().timestamp())
 
-    def _load(self) -> None:
-        with self._lock:
-            if self._loaded:
-                return
-            try:
-                for e in self.ledger.iter_events():
-                    if e.event_type == _E.OVERRIDE_BREAKGLASS.value:
-                        self._index[e.decision_id] = _Entry(
-                            e.payload["opened_by"], int(e.payload["review_deadline"]), False
-                        )
-                    elif (
-                        e.event_type == _E.BREAKGLASS_REVIEWED.value
-                        and e.decision_id in self._index
-                    ):
-                        old = self._index[e.decision_id]
-                        self._index[e.decision_id] = _Entry(
-                            old.opened_by, old.review_deadline, True
-                        )
-            except LedgerError as err:
-                raise LedgerDegraded(f"the ledger could not be read: {err}") from err
-            self._loaded = True
-
     def unreviewed(self) -> list[Decision]:
         """Every break-glass still owed a review, oldest deadline first."""
-        self._load()
-        with self._lock:
-            ids = [d for d, e in self._index.items() if not e.reviewed]
-        out = [self.engine.get_decision(d) for d in ids]
-        return sorted(out, key=lambda d: d.breakglass.review_deadline if d.breakglass else 0)
+        self.index.sync()
+        return [self.engine.get_decision(b.decision_id) for b in self.index.unreviewed()]
 
     def _overdue_for(self, actor: str, now: int) -> int:
-        self._load()
-        with self._lock:
-            return sum(
-                1
-                for e in self._index.values()
-                if e.opened_by == actor and not e.reviewed and e.review_deadline <= now
-            )
+        self.index.sync()
+        return len(self.index.overdue(now, actor))
 
     def open(self, identity: Identity, req: BreakGlassRequest) -> Decision:
         now = self._now()
@@ -192,8 +158,7 @@ class BreakGlassService:
                 f"break-glass refused: the ledger did not confirm it ({e}); break-glass never "
                 "skips the ledger"
             ) from e
-        with self._lock:
-            self._index[decision_id] = _Entry(identity.subject, now + review_within, False)
+        self.index.opened(OpenBreakGlass(decision_id, identity.subject, now + review_within))
         return self.engine.get_decision(decision_id)
 
     def review(self, identity: Identity, decision_id: str, findings: str) -> Decision:
@@ -237,17 +202,22 @@ class BreakGlassService:
             raise IllegalTransition(decision_id, "reviewed", "reviewed again") from e
         except LedgerError as e:
             raise LedgerDegraded(f"the ledger did not confirm the review: {e}") from e
-        self._load()
-        with self._lock:
-            self._index[decision_id] = _Entry(bg.opened_by, bg.review_deadline, True)
+        self.index.reviewed(decision_id)
         return self.engine.get_decision(decision_id)
 
     def sweep(self) -> int:
-        """Alert (once each) on break-glass whose review deadline has passed."""
+        """Alert (once each, across replicas: a ledger unique key) on break-glass whose
+        review deadline has passed; reads only the overdue streams."""
+        self.index.sync()
         now, alerts = self._now(), 0
-        for d in self.unreviewed():
+        overdue = self.index.overdue(now)
+        self._alerted &= {b.decision_id for b in overdue}  # reviewed ones leave the cache
+        for b in overdue:
+            if b.decision_id in self._alerted:
+                continue
+            d = self.engine.get_decision(b.decision_id)
             bg = d.breakglass
-            if bg is None or bg.review_deadline > now:
+            if bg is None:
                 continue
             try:
                 self.ledger.append(
@@ -267,8 +237,9 @@ class BreakGlassService:
                     ]
                 )
                 alerts += 1
-            except DuplicateKey:
-                continue
+            except DuplicateKey:  # another replica (or an earlier sweep) alerted
+                pass
             except LedgerError as e:
                 raise LedgerDegraded(f"the ledger did not confirm the alert: {e}") from e
+            self._alerted.add(b.decision_id)
         return alerts

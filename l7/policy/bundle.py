@@ -42,10 +42,12 @@ non-empty list pins the only keys allowed to sign that environment's bundles
 (e.g. a CI key), and ``verify_lock`` refuses any other signer. A lock without a
 signing policy (``null``) is refused: fail closed.
 
-**Activation and rollback.** ``activate`` appends every newly activated
-revision to ``.build/activations/<env>.json``; activating a revision that was
-activated before but is not the newest one ever activated is a rollback and is
-refused unless ``allow_rollback=True`` (``--allow-rollback``).
+**Activation and rollback.** Activating a revision that was activated before but
+is not the newest one ever activated is a rollback and is refused unless
+``allow_rollback=True`` (``--allow-rollback``). The engine takes that history from the
+ledger's ``policy.activated`` events (``l7.policy.activation``); the file
+``.build/activations/<env>.json`` is only its cache there, rewritten from the ledger.
+``activate`` here is the file-only form (no ledger), for tools and tests.
 ``activation_record`` is the ``policy.activated`` ledger payload; it names the
 enforcement configuration the bundle carries (``l7/deployment`` ``enforcement``) and
 the one in force before, so every change of enforcement mode is a
@@ -96,6 +98,7 @@ __all__ = [
     "BundleLock",
     "SigningPolicy",
     "activate",
+    "activation_from_record",
     "activation_record",
     "activations_path",
     "build_bundle",
@@ -103,6 +106,7 @@ __all__ = [
     "compute_revision",
     "is_rollback",
     "lock_path",
+    "newest_revision",
     "open_stored_bundle",
     "promote",
     "read_activations",
@@ -110,6 +114,7 @@ __all__ = [
     "stored_revisions",
     "verify_built",
     "verify_lock",
+    "write_activations",
     "write_lock",
 ]
 
@@ -682,7 +687,7 @@ def read_activations(env: str, work_dir: Path) -> tuple[Activation, ...]:
     return tuple(out)
 
 
-def _newest_revision(history: Sequence[Activation]) -> str:
+def newest_revision(history: Sequence[Activation]) -> str:
     """The revision whose first activation came last (the high-water mark)."""
     first: dict[str, int] = {}
     for i, a in enumerate(history):
@@ -697,7 +702,7 @@ def is_rollback(revision: str, history: Sequence[Activation]) -> bool:
     (e.g. after a recorded rollback) is not a rollback."""
     if not any(a.revision == revision for a in history):
         return False
-    return revision != _newest_revision(history)
+    return revision != newest_revision(history)
 
 
 def activation_record(
@@ -777,7 +782,7 @@ def activate(
             return None
         record = activation_record(env, built, history)
         if record["rollback"] and not allow_rollback:
-            newest = _newest_revision(history)
+            newest = newest_revision(history)
             raise BundleError(
                 f"activating revision {built.revision[:12]} for {env!r} is a rollback: the "
                 f"newest revision ever activated is {newest[:12]} "
@@ -785,33 +790,51 @@ def activate(
                 reason="bundle_rollback",
             )
         at = (now or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
-        entries = [
-            {
-                "revision": a.revision,
-                "bundle_sha256": a.bundle_sha256,
-                "signer_kid": a.signer_kid,
-                "at": a.at,
-                "rollback": a.rollback,
-                **({"digest": a.digest} if a.digest else {}),
-                **({"enforcement": dict(a.enforcement)} if a.enforcement is not None else {}),
-            }
-            for a in history
-        ]
-        entries.append(
-            {
-                "revision": built.revision,
-                "bundle_sha256": built.bundle_sha256,
-                "signer_kid": record["signer_kid"],
-                "at": at,
-                "rollback": record["rollback"],
-                "digest": built.digest,
-                "enforcement": record["enforcement"],
-            }
-        )
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"env": env, "activations": entries}, indent=2) + "\n")
-        os.replace(tmp, path)
+        _write_activations(path, env, (*history, activation_from_record(record, at)))
     return record
+
+
+def activation_from_record(record: Mapping[str, Any], at: str) -> Activation:
+    """The history entry for a ``policy.activated`` payload made by ``activation_record``."""
+    kid, digest, enforcement = (
+        record.get("signer_kid"),
+        record.get("digest"),
+        record.get("enforcement"),
+    )
+    return Activation(
+        revision=str(record["revision"]),
+        bundle_sha256=str(record["bundle_sha256"]),
+        signer_kid=kid if isinstance(kid, str) else None,
+        at=at,
+        rollback=bool(record.get("rollback", False)),
+        digest=digest if isinstance(digest, str) and digest else None,
+        enforcement=dict(enforcement) if isinstance(enforcement, Mapping) else None,
+    )
+
+
+def _write_activations(path: Path, env: str, history: Sequence[Activation]) -> None:
+    entries = [
+        {
+            "revision": a.revision,
+            "bundle_sha256": a.bundle_sha256,
+            "signer_kid": a.signer_kid,
+            "at": a.at,
+            "rollback": a.rollback,
+            **({"digest": a.digest} if a.digest else {}),
+            **({"enforcement": dict(a.enforcement)} if a.enforcement is not None else {}),
+        }
+        for a in history
+    ]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"env": env, "activations": entries}, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_activations(env: str, work_dir: Path, history: Sequence[Activation]) -> None:
+    """Replace the activation file of ``env`` with ``history`` (the ledger's, as a cache)."""
+    path = activations_path(env, work_dir)
+    with _locked(path):
+        _write_activations(path, env, history)
 
 
 # -- the bundle store (replay) -----------------------------------------------------------

@@ -471,6 +471,8 @@ class Soak:
         else:
             self.work = cfg.work_dir
         self.work.mkdir(parents=True, exist_ok=True)
+        self.l7_work = self.work / "l7"
+        """--work-dir of every l7 process: the tier keys they share, bundles, grant key."""
         self.stop_load = threading.Event()
         self.lock = threading.Lock()
         self.ops: Counter[str] = Counter()
@@ -534,6 +536,8 @@ class Soak:
                 LEDGER_ISSUER,
                 "--jwks-file",
                 str(jwks),
+                "--work-dir",
+                str(self.l7_work),
             ),
             f"127.0.0.1:{ledger_port}",
             "l7.ledger.v1.Ledger",
@@ -558,6 +562,8 @@ class Soak:
                 "name",
                 "--integrity-every-s",
                 "0",
+                "--work-dir",
+                str(self.l7_work),
             ),
             f"127.0.0.1:{engine_port}",
             "l7.v1.Governance",
@@ -580,6 +586,8 @@ class Soak:
                 "soak-gw",
                 "--grant-public-key",
                 str(pub),
+                "--work-dir",
+                str(self.l7_work),
             ),
             f"127.0.0.1:{gw_port}",
             "l7.v1.Gateway",
@@ -647,7 +655,7 @@ class Soak:
         for line in self.engine.log_path.read_text(errors="replace").splitlines():
             if "grant key" in line and ":" in line:
                 return Path(line.split(":", 1)[1].split("(")[0].strip())
-        return REPO / ".build" / "keys" / "grant.pem.pub"
+        return self.l7_work / "keys" / "grant.pem.pub"
 
     @property
     def engine_pid(self) -> int:
@@ -1256,7 +1264,7 @@ class Soak:
 
         # 3. l7 ledger verify
         v = subprocess.run(
-            _l7("ledger", "verify", "--ledger", self.admin_url),
+            _l7("ledger", "verify", "--ledger", self.admin_url, "--work-dir", str(self.l7_work)),
             cwd=REPO,
             capture_output=True,
             text=True,

@@ -46,14 +46,23 @@ def test_the_invariant_checks_catch_what_they_guard(tmp_path: Path) -> None:
     """The checker itself, on a small SQLite ledger with planted violations: a tool that ran
     on a confirmation the ledger does not hold, a confirmation with another hash, a grant
     run twice, no fault restored, and RSS growth over the limit."""
+    from l7.signed_ledger import SignedLedger
+    from l7.trust import load_tier_signer, load_trust
     from ledger import EventType, NewEvent, SqlLedger
+    from ledger.attestation import Tier
+    from tests.conftest import REPO
     from tests.soak.run import Conf, Execution, Soak
 
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     led = SqlLedger(url)
+    l7_work = tmp_path / "w" / "l7"  # Soak's --work-dir for every l7 process
+    trust = load_trust("local", repo_root=REPO, work_dir=l7_work)
+    gw_key, trust = load_tier_signer(Tier.GATEWAY, trust, key_path=None, work_dir=l7_work)
     try:
-        (c1,) = led.append([NewEvent("d1", EventType.EXECUTION_AUTHORIZED, "gw", "rev",
-                                     {"execution_id": "j1"}, "execution:d1")])  # fmt: skip
+        (c1,) = SignedLedger(led, tier=Tier.GATEWAY, signer=gw_key, keys=trust.keys).append(
+            [NewEvent("d1", EventType.EXECUTION_AUTHORIZED, "gw", "rev",
+                      {"execution_id": "j1"}, "execution:d1")]
+        )  # fmt: skip
     finally:
         led.close()
     good = Conf("authorize", "d1", c1.global_seq, c1.hash, c1.event_id)
