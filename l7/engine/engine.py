@@ -195,9 +195,13 @@ class Engine:
         clean, _ = redact(dict(request.action.payload))
         return self._seal_envelopes(replace(request, action=replace(request.action, payload=clean)))
 
-    def decide(self, request: DecisionRequest) -> tuple[Decision, bool]:
-        """Judge ``request``; returns (decision, replayed)."""
-        self.rate_limiter.check("decide_per_actor", request.context.actor.id)
+    def decide(
+        self, request: DecisionRequest, *, rate_key: str | None = None
+    ) -> tuple[Decision, bool]:
+        """Judge ``request``; returns (decision, replayed). ``rate_key`` is who the edge
+        knows is calling (token subject, mTLS identity or peer address); the actor id the
+        request declares is the key only for in-process callers, who are trusted."""
+        self.rate_limiter.check("decide_per_actor", rate_key or request.context.actor.id)
         request = self.screen(request)
         if not request.idempotency_key:
             return self._decide_new(request), False
