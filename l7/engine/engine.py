@@ -183,9 +183,16 @@ class Engine:
 
     def screen(self, request: DecisionRequest) -> DecisionRequest:
         """No credential reaches policy, the ledger or the logs: refuse it, naming the field
-        (never the value), or redact it where policy says so."""
-        action = request.to_dict()["action"]
-        findings = scan(action, "action")
+        (never the value), or redact it where policy says so (``action.payload`` only).
+
+        The gRPC edge (``l7.secrets.screen``) has already screened every other field of a
+        Decide with the same scanner; they are screened again here for callers in process."""
+        whole = request.to_dict()
+        findings = [
+            *scan(whole["action"], "action"),
+            *scan(whole["context"], "context"),
+            *scan(request.idempotency_key, "idempotency_key", "idempotency_key"),
+        ]
         if not findings:
             return self._seal_envelopes(request)
         if self._secrets_mode() != "redact" or any(
