@@ -25,7 +25,22 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-__all__ = ["AnomalyDetector", "MemoryRefusals", "RefusedSignatures"]
+from ledger import EventType, NewEvent
+
+__all__ = ["AnomalyDetector", "MemoryRefusals", "RefusedSignatures", "anomaly_event"]
+
+
+def anomaly_event(
+    decision_id: str, policy_version: str, kind: str, subject: str, detail: str
+) -> NewEvent:
+    """The ``anomaly.detected`` event for ``kind`` by ``subject`` in a decision's stream."""
+    return NewEvent(
+        decision_id,
+        EventType.ANOMALY_DETECTED,
+        subject,
+        policy_version,
+        {"kind": kind, "subject": subject, "detail": detail},
+    )
 
 
 def _int(cfg: Mapping[str, Any], key: str, default: int) -> int:

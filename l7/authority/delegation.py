@@ -4,6 +4,12 @@ A delegation lives in the delegate's stream ``delegations/<delegate>``. It never
 raises anyone above the delegator's own level, never outlives ``MAX_WINDOW_S``,
 and only covers scopes the delegator holds. An approval made with a delegated
 level names both identities.
+
+Delegation never launders self-approval: ``authority_chain(subject)`` is every identity
+whose active delegations reach ``subject``, directly or through other delegates (any
+depth, cycles included). A requester found there cannot be approved by ``subject``, and a
+break-glass opener found there cannot be reviewed by it, whether or not the delegated
+level is what the approval uses: the delegate acts for the delegator.
 """
 
 from __future__ import annotations
@@ -13,9 +19,18 @@ from dataclasses import dataclass
 from l7.errors import Forbidden, LedgerDegraded, RequestInvalid
 from ledger import Confirmation, EventType, LedgerClient, LedgerError, NewEvent
 
-__all__ = ["MAX_WINDOW_S", "Delegation", "Delegations", "delegation_stream", "scope_covers"]
+__all__ = [
+    "MAX_WINDOW_S",
+    "Delegation",
+    "Delegations",
+    "delegation_stream",
+    "scope_covers",
+]
 
 MAX_WINDOW_S = 7 * 24 * 3600
+MAX_CHAIN = 64
+"""Identities walked when following delegations back from one subject; more refuses
+(fail closed) rather than letting a long chain hide a requester."""
 
 
 def delegation_stream(delegate: str) -> str:
@@ -120,3 +135,26 @@ class Delegations:
             if d.active(now):
                 out.append(d)
         return out
+
+    def authority_chain(self, subject: str, now: int) -> dict[str, tuple[str, ...]]:
+        """Every identity whose active delegation reaches ``subject`` at ``now``, directly or
+        through delegates of delegates, mapped to the path from it down to ``subject``
+        (``{"alice": ("alice", "bob", subject)}``). Breadth first, so each path is a
+        shortest one; a cycle ends where it meets a known identity."""
+        paths: dict[str, tuple[str, ...]] = {subject: (subject,)}
+        queue = [subject]
+        while queue:
+            delegate = queue.pop(0)
+            for d in self.active_for(delegate, now):
+                if d.delegator in paths:
+                    continue
+                if len(paths) >= MAX_CHAIN:
+                    raise Forbidden(
+                        f"the delegations reaching {subject} involve more than {MAX_CHAIN} "
+                        "identities; the chain cannot be checked for self-approval",
+                        reason="delegation_chain_too_long",
+                    )
+                paths[d.delegator] = (d.delegator, *paths[delegate])
+                queue.append(d.delegator)
+        del paths[subject]
+        return paths

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from l7.authority.anomaly import AnomalyDetector
+from l7.authority.anomaly import AnomalyDetector, anomaly_event
 from l7.authority.approval import SignedApproval, Verdict, payload_hash, verify_approval
 from l7.authority.delegation import Delegations, scope_covers
 from l7.authority.keys import KeyRegistry
@@ -279,15 +279,7 @@ class AuthorityService:
     def _anomaly(self, d: Decision, kind: str, subject: str, detail: str) -> None:
         try:
             self.ledger.append(
-                [
-                    NewEvent(
-                        d.decision_id,
-                        _E.ANOMALY_DETECTED,
-                        subject,
-                        d.policy_version,
-                        {"kind": kind, "subject": subject, "detail": detail},
-                    )
-                ]
+                [anomaly_event(d.decision_id, d.policy_version, kind, subject, detail)]
             )
         except LedgerError:
             log.exception("could not record anomaly %s for %s", kind, d.decision_id)
@@ -317,6 +309,19 @@ class AuthorityService:
             self._anomaly(d, "self_approval", subject, "the requester tried to approve")
             raise Forbidden(
                 f"{subject} requested decision {d.decision_id} and cannot approve it",
+                reason="self_approval",
+            )
+        # ... nor through anyone it delegated to, at any depth: the delegate acts for it.
+        chain = self.delegations.authority_chain(subject, now).get(req.context.actor.id)
+        if chain is not None:
+            via = " -> ".join(chain)
+            self._anomaly(
+                d, "self_approval", subject, f"approver holds the requester's delegation: {via}"
+            )
+            raise Forbidden(
+                f"{subject} holds authority delegated by the requester "
+                f"{req.context.actor.id} ({via}) and cannot approve its decision "
+                f"{d.decision_id}",
                 reason="self_approval",
             )
         # 2. Scope (own or delegated), and the level it brings.

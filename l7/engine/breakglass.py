@@ -19,6 +19,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from l7.authority.anomaly import anomaly_event
+from l7.authority.delegation import Delegations
 from l7.domain import Action, Actor, Context, Decision, DecisionRequest, Status, Target
 from l7.engine.engine import Engine
 from l7.engine.shared_state import BreakGlassIndex, OpenBreakGlass
@@ -166,9 +168,20 @@ class BreakGlassService:
         bg = d.breakglass
         if bg is None:
             raise IllegalTransition(decision_id, d.status.value, "reviewed as a break-glass")
-        if identity.subject == bg.opened_by:
+        # The opener never reviews its own break-glass, nor through a delegate (any depth).
+        via = Delegations(self.ledger).authority_chain(identity.subject, self._now())
+        if identity.subject == bg.opened_by or bg.opened_by in via:
+            chain = " -> ".join(via.get(bg.opened_by, (identity.subject,)))
+            try:
+                self.ledger.append(
+                    [anomaly_event(decision_id, d.policy_version, "self_review",
+                                   identity.subject, f"the opener reviewing: {chain}")]
+                )  # fmt: skip
+            except LedgerError as e:
+                raise LedgerDegraded(f"the ledger did not confirm the anomaly: {e}") from e
             raise Forbidden(
-                f"{identity.subject} opened this break-glass; a different L4/L5 must review it",
+                f"{identity.subject} opened this break-glass or holds its opener's delegation "
+                f"({chain}); a different L4/L5 must review it",
                 reason="self_review",
             )
         if identity.level < REVIEWER_MIN_LEVEL:

@@ -183,9 +183,16 @@ class Engine:
 
     def screen(self, request: DecisionRequest) -> DecisionRequest:
         """No credential reaches policy, the ledger or the logs: refuse it, naming the field
-        (never the value), or redact it where policy says so."""
-        action = request.to_dict()["action"]
-        findings = scan(action, "action")
+        (never the value), or redact it where policy says so (``action.payload`` only).
+
+        The gRPC edge (``l7.secrets.screen``) has already screened every other field of a
+        Decide with the same scanner; they are screened again here for callers in process."""
+        whole = request.to_dict()
+        findings = [
+            *scan(whole["action"], "action"),
+            *scan(whole["context"], "context"),
+            *scan(request.idempotency_key, "idempotency_key", "idempotency_key"),
+        ]
         if not findings:
             return self._seal_envelopes(request)
         if self._secrets_mode() != "redact" or any(
@@ -195,9 +202,13 @@ class Engine:
         clean, _ = redact(dict(request.action.payload))
         return self._seal_envelopes(replace(request, action=replace(request.action, payload=clean)))
 
-    def decide(self, request: DecisionRequest) -> tuple[Decision, bool]:
-        """Judge ``request``; returns (decision, replayed)."""
-        self.rate_limiter.check("decide_per_actor", request.context.actor.id)
+    def decide(
+        self, request: DecisionRequest, *, rate_key: str | None = None
+    ) -> tuple[Decision, bool]:
+        """Judge ``request``; returns (decision, replayed). ``rate_key`` is who the edge
+        knows is calling (token subject, mTLS identity or peer address); the actor id the
+        request declares is the key only for in-process callers, who are trusted."""
+        self.rate_limiter.check("decide_per_actor", rate_key or request.context.actor.id)
         request = self.screen(request)
         if not request.idempotency_key:
             return self._decide_new(request), False

@@ -54,6 +54,7 @@ class SecretKind(str, Enum):
     BEARER_TOKEN = "bearer_token"  # noqa: S105 (a kind name)
     CONNECTION_STRING = "connection_string"
     HIGH_ENTROPY = "high_entropy"
+    SECRET_FIELD = "secret_field"  # noqa: S105 (a kind name)
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,18 @@ bearer_token          ``Bearer <token>`` (16+ characters with a digit or mixed c
 aws_secret_key        a 40-character mixed base64 token in a secret-named field
 high_entropy          a whitespace-free token of 20+ characters with Shannon entropy
                       >= 3.5 bits per character in a secret-named field, or after
-                      ``<secret-name>=`` / ``<secret-name>:`` in text
+                      ``<secret-name>=`` / ``<secret-name>:`` in text; in ANY field, a
+                      long random-looking token (``l7.secrets.decoders.opaque_tokens``:
+                      32+ base64url characters, >= 4 bits per character, frequent
+                      letter/digit/case changes); and hex that decodes to 32+ bytes of
+                      binary (key material; a digest is sent as ``sha256:<hex>``)
+secret_field          any other non-empty string in a secret-named field (or under one),
+                      whatever its entropy: ``{"password": "hunter2"}``
 ====================  ======================================================================
+
+Encodings are looked through: a token that is URL percent-encoded, base64 / base64url or
+hex and decodes to printable text is scanned again as text (two levels deep), and a hit
+inside is reported for the whole encoded token with the inner kind.
 
 A field name is *secret-named* when, split into words (``apiKey`` -> ``api_key``), it
 contains password, passwd, passphrase, pwd, secret, token, credential, auth (as a word),
@@ -37,9 +47,11 @@ master key, and its last word is not one that names metadata (``id``, ``ref``, `
 ``type``, ``name``, ``url``, ...: ``token_id`` and ``secret_ref`` are not secret-named).
 Values that are pointers or digests, not secrets, are never name-flagged: a secret
 reference (``vault:kv/app/db#password@3``), ``sha256:<64 hex>``, a transit ciphertext
-(``vault:v1:...``), a lower-case DNS name, and a placeholder (``********``, ``${VAR}``,
-``[redacted:<kind>]``); in ``Name=value`` tokens only the value is judged. Detection is
-deliberately conservative on low-entropy values: ``{"password": "hunter2"}`` is not flagged.
+(``vault:v1:...``) and a placeholder (``********``, ``${VAR}``, ``[redacted:<kind>]``);
+nor are their encodings or entropy judged anywhere. A lower-case DNS name is not judged by
+entropy, but it is a value like any other in a secret-named field. A value under a
+secret-named key (``{"credentials": {"user": ...}}``) is in a secret-named field unless
+its own key names metadata. In ``Name=value`` tokens only the value is judged.
 
 A ``Finding`` never holds the value; error messages name the path and the kind only.
 """
@@ -49,14 +61,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import re
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from l7.errors import RequestInvalid
+from l7.secrets.decoders import decoded_views, opaque_tokens, shannon_entropy
+from l7.secrets.fields import is_digest_field
 from l7.secrets.interface import Finding, SecretInPayload, SecretKind, SecretRef
 
 __all__ = [
@@ -66,6 +78,7 @@ __all__ = [
     "Finding",
     "SecretKind",
     "check_payload",
+    "is_metadata_name",
     "is_secret_name",
     "redact",
     "redact_text",
@@ -154,18 +167,21 @@ def is_secret_name(name: str) -> bool:
     return norm.rsplit("_", 1)[-1] not in _METADATA_WORDS
 
 
-def shannon_entropy(text: str) -> float:
-    """Shannon entropy of ``text`` in bits per character (0.0 for the empty string)."""
-    if not text:
-        return 0.0
-    n = len(text)
-    return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
+def is_metadata_name(name: str) -> bool:
+    """Whether a field called ``name`` names metadata (``id``, ``type``, ``ref``, ...)."""
+    return _normalize_name(name).rsplit("_", 1)[-1] in _METADATA_WORDS
 
 
 def _is_exempt(value: str) -> bool:
-    """Pointers, digests, ciphertexts and placeholders are not secrets."""
+    """Pointers, digests, ciphertexts, placeholders and host names are not secrets."""
+    return _is_pointer(value) or bool(_HOSTNAME.fullmatch(value.strip()))
+
+
+def _is_pointer(value: str) -> bool:
+    """A secret reference, a ``sha256:`` digest, a transit ciphertext or a placeholder:
+    what is sent instead of a secret."""
     v = value.strip()
-    if any(rx.fullmatch(v) for rx in (_PLACEHOLDER, _SHA256, _TRANSIT, _HOSTNAME)):
+    if any(rx.fullmatch(v) for rx in (_PLACEHOLDER, _SHA256, _TRANSIT)):
         return True
     if not v.startswith("vault:"):
         return False
@@ -264,11 +280,46 @@ def _named_hits(text: str, field: str) -> Iterator[_Hit]:
             yield _Hit(start, m.end(), kind)
 
 
-def _text_hits(text: str, field: str | None) -> list[_Hit]:
-    """Non-overlapping hits in ``text``, earlier detections winning, sorted by position."""
+_MAX_DECODE_DEPTH = 2
+_WORD = re.compile(r"\S+")
+
+
+def _pointer_spans(text: str) -> list[tuple[int, int]]:
+    return [(m.start(), m.end()) for m in _WORD.finditer(text) if _is_pointer(m.group(0))]
+
+
+def _outside(spans: list[tuple[int, int]], start: int, end: int) -> bool:
+    return all(end <= a or start >= b for a, b in spans)
+
+
+def _encoded_hits(text: str, depth: int) -> Iterator[_Hit]:
+    """Secrets behind an encoding (see module doc), and random-looking long tokens."""
+    pointers = _pointer_spans(text)
+    if depth < _MAX_DECODE_DEPTH:
+        for view in decoded_views(text):
+            if not _outside(pointers, view.start, view.end):
+                continue
+            if view.binary_len:
+                yield _Hit(view.start, view.end, K.HIGH_ENTROPY)
+                continue
+            inner = _text_hits(view.decoded, None, depth=depth + 1)
+            if inner:
+                yield _Hit(view.start, view.end, inner[0].kind)
+    for start, end in opaque_tokens(text):
+        if _outside(pointers, start, end):
+            yield _Hit(start, end, K.HIGH_ENTROPY)
+
+
+def _text_hits(text: str, field: str | None, *, secret: bool = False, depth: int = 0) -> list[_Hit]:
+    """Non-overlapping hits in ``text``, earlier detections winning, sorted by position.
+    ``secret``: the value sits in (or under) a secret-named field."""
+    named = secret or (field is not None and is_secret_name(field))
     candidates = _pattern_hits(text)
-    if field is not None and is_secret_name(field):
-        candidates = _chain(candidates, _named_hits(text, field))
+    if named:
+        candidates = _chain(candidates, _named_hits(text, field or ""))
+    candidates = _chain(candidates, _encoded_hits(text, depth))
+    if named and text.strip() and not _is_pointer(text):
+        candidates = _chain(candidates, iter([_Hit(0, len(text), K.SECRET_FIELD)]))
     accepted: list[_Hit] = []
     for hit in candidates:
         if hit.end > hit.start and all(hit.end <= a.start or hit.start >= a.end for a in accepted):
@@ -312,25 +363,31 @@ class _Walker:
     def __init__(self, on_finding: Callable[[Finding], None]) -> None:
         self._emit = on_finding
 
-    def walk(self, value: Any, path: str, field: str | None, depth: int) -> Any:
-        """Emit findings under ``path`` and return the redacted copy of ``value``."""
+    def walk(
+        self, value: Any, path: str, field: str | None, depth: int, secret: bool = False
+    ) -> Any:
+        """Emit findings under ``path`` and return the redacted copy of ``value``.
+        ``secret``: ``value`` sits under a secret-named key."""
         if depth > MAX_DEPTH:
             raise RequestInvalid(path, f"nests deeper than {MAX_DEPTH} levels; flatten it")
+        secret = secret or (field is not None and is_secret_name(field))
         if isinstance(value, str):
-            return self._text(value, path, field)
+            return self._text(value, path, field, secret)
         if isinstance(value, bytes | bytearray):
             text = bytes(value).decode("utf-8", errors="replace")
-            redacted = self._text(text, path, field)
+            redacted = self._text(text, path, field, secret)
             return value if redacted == text else redacted
         if isinstance(value, Mapping):
-            return self._mapping(value, path, depth)
+            return self._mapping(value, path, depth, secret)
         if isinstance(value, list | tuple | set | frozenset):
             items = value if isinstance(value, list | tuple) else sorted(value, key=repr)
-            return [self.walk(v, f"{path}[{i}]", field, depth + 1) for i, v in enumerate(items)]
+            return [
+                self.walk(v, f"{path}[{i}]", field, depth + 1, secret) for i, v in enumerate(items)
+            ]
         return value
 
-    def _text(self, text: str, path: str, field: str | None) -> str:
-        hits = _text_hits(text, field)
+    def _text(self, text: str, path: str, field: str | None, secret: bool) -> str:
+        hits = _text_hits(text, field, secret=secret)
         seen: set[SecretKind] = set()
         for h in hits:
             if h.kind not in seen:
@@ -338,13 +395,13 @@ class _Walker:
                 self._emit(Finding(path, h.kind))
         if not hits:
             return text
-        if field is not None and is_secret_name(field):
+        if secret:
             # In a secret-named field nothing of the value is kept: a partial redaction
             # (a connection string minus its password) could still be the secret's shape.
             return f"[redacted:{hits[0].kind.value}]"
         return _replace(text, hits)
 
-    def _mapping(self, d: Mapping[Any, Any], path: str, depth: int) -> Any:
+    def _mapping(self, d: Mapping[Any, Any], path: str, depth: int, secret: bool) -> Any:
         whole = _is_gcp_account(d)
         if whole:
             self._emit(Finding(path, K.GCP_SERVICE_ACCOUNT))
@@ -359,18 +416,22 @@ class _Walker:
                 out_key: Any = _replace(name, key_hits)
                 if out_key in out:
                     out_key = f"{out_key}#{i}"
-                out[out_key] = self.walk(v, child, None, depth + 1)
+                out[out_key] = self.walk(v, child, None, depth + 1, secret)
+            elif isinstance(v, str) and is_digest_field(name, v):
+                out[key] = v  # a digest by schema (l7.secrets.fields), not key material
             else:
-                out[key] = self.walk(v, _child_path(path, name), name, depth + 1)
+                inherited = secret and not is_metadata_name(name)
+                out[key] = self.walk(v, _child_path(path, name), name, depth + 1, inherited)
         return f"[redacted:{K.GCP_SERVICE_ACCOUNT.value}]" if whole else out
 
 
-def scan(value: Any, path: str = DEFAULT_PATH) -> list[Finding]:
+def scan(value: Any, path: str = DEFAULT_PATH, field: str | None = None) -> list[Finding]:
     """Every credential-shaped value (and dict key) under ``value``, in document order;
-    a value holding several kinds yields one finding per kind. Raises ``RequestInvalid``
-    for structures nested deeper than ``MAX_DEPTH``."""
+    a value holding several kinds yields one finding per kind. ``field`` names the field
+    ``value`` sits in, when it is not a dict key. Raises ``RequestInvalid`` for structures
+    nested deeper than ``MAX_DEPTH``."""
     findings: list[Finding] = []
-    _Walker(findings.append).walk(value, path, None, 0)
+    _Walker(findings.append).walk(value, path, field, 0)
     return findings
 
 
@@ -382,10 +443,12 @@ def check_payload(value: Any, path: str = DEFAULT_PATH) -> None:
         raise SecretInPayload(findings[0].path, findings[0].kind)
 
 
-def redact(value: Any, path: str = DEFAULT_PATH) -> tuple[Any, list[Finding]]:
+def redact(
+    value: Any, path: str = DEFAULT_PATH, field: str | None = None
+) -> tuple[Any, list[Finding]]:
     """A copy of ``value`` with each detection replaced by ``[redacted:<kind>]`` (the
     detected part of a string; a whole service-account dict; a secret dict key), and
     the findings. Tuples and sets come back as lists; ``value`` is not modified."""
     findings: list[Finding] = []
-    redacted = _Walker(findings.append).walk(value, path, None, 0)
+    redacted = _Walker(findings.append).walk(value, path, field, 0)
     return redacted, findings

@@ -23,7 +23,7 @@ from l7.tls import check_cnf_binding, peer_cert_der, peer_spiffe_id
 from l7.v1 import governance_pb2 as pb
 from l7.v1 import governance_pb2_grpc as pb_grpc
 
-__all__ = ["GovernanceService", "bearer_token"]
+__all__ = ["GovernanceService", "bearer_token", "peer_host", "rate_key"]
 
 
 def bearer_token(context: grpc.ServicerContext) -> str | None:
@@ -34,6 +34,27 @@ def bearer_token(context: grpc.ServicerContext) -> str | None:
                 return token.strip()
             raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
     return None
+
+
+def peer_host(context: grpc.ServicerContext) -> str:
+    """The peer's address without its port (``ipv4:10.0.0.7``, ``ipv6:[::1]``,
+    ``unix:/run/l7.sock``): a caller opens new connections on new ports at will."""
+    peer = context.peer() or "unknown"
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv4":
+        return f"ipv4:{rest.rsplit(':', 1)[0]}"
+    if kind == "ipv6":
+        return f"ipv6:{rest.rsplit(']', 1)[0]}]" if rest.startswith("[") else peer
+    return peer
+
+
+def rate_key(context: grpc.ServicerContext, who: Identity | None) -> str:
+    """The rate-limit key of a call, never a field of the request: the verified token
+    subject when identity is on, else the mTLS identity, else the peer address."""
+    if who is not None:
+        return f"sub:{who.subject}"
+    spiffe = peer_spiffe_id(context)
+    return f"mtls:{spiffe}" if spiffe else f"peer:{peer_host(context)}"
 
 
 def _signed(msg: pb.SignedApproval, field: str, verdict: Verdict) -> SignedApproval:
@@ -183,13 +204,14 @@ class GovernanceService(pb_grpc.GovernanceServicer):
         return who
 
     def Decide(self, request: pb.DecideRequest, context: grpc.ServicerContext) -> pb.DecideResponse:  # noqa: N802
-        # Per caller first (cheapest refusal of a flood): the mTLS identity when there is
-        # one, else the declared request source. Per actor follows inside the engine.
-        caller = peer_spiffe_id(context) or f"source:{request.context.request_source[:128]}"
-        self.engine.rate_limiter.check("decide_per_caller", caller)
+        # Rate limits first (cheapest refusal of a flood), keyed by what the caller cannot
+        # choose: the token subject, else the mTLS identity, else the peer address. The
+        # same key holds the per-actor bucket inside the engine.
+        who = self._identity(context) if self.verifier is not None else None
+        key = rate_key(context, who)
+        self.engine.rate_limiter.check("decide_per_caller", key)
         req = request_from_proto(request)
-        if self.verifier is not None:
-            who = self._identity(context)
+        if who is not None:
             actor = req.context.actor
             if actor.role and actor.role not in who.roles:
                 raise Forbidden(
@@ -203,7 +225,7 @@ class GovernanceService(pb_grpc.GovernanceServicer):
                     f"is {who.subject!r} at L{who.level}",
                     reason="actor_mismatch",
                 )
-        decision, replayed = self.engine.decide(req)
+        decision, replayed = self.engine.decide(req, rate_key=key)
         self.authority.track(decision)
         return pb.DecideResponse(
             decision=decision_to_proto(decision),

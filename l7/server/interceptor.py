@@ -12,6 +12,10 @@ decoder limit) is INVALID_ARGUMENT with reason ``invalid_request`` or
 ``payload_too_deep``, not gRPC's bare "Exception deserializing request!" (INTERNAL).
 Bodies larger than the server's ``grpc.max_receive_message_length`` are refused by
 gRPC itself before they reach this code (RESOURCE_EXHAUSTED).
+
+Secrets are screened here too, once the request is decoded and before any handler runs
+(``l7.secrets.screen``): every string of every request of the engine and the gateway,
+refused as INVALID_ARGUMENT ``secret_in_payload`` naming the field, never the value.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2
 from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -48,6 +53,7 @@ from l7.errors import (
     Unauthenticated,
 )
 from l7.secrets.interface import SecretsDegraded
+from l7.secrets.screen import screen_request
 
 __all__ = ["DOMAIN", "ErrorInterceptor", "status_for"]
 
@@ -216,6 +222,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                         request = deserializer(request)
                     except Exception as e:
                         raise _undecodable(request, deserializer) from e
+                if isinstance(request, Message):
+                    screen_request(request)  # before any handler, policy, ledger or log
                 return inner(request, context)
             except L7Error as e:
                 status = status_for(e)

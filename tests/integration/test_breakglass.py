@@ -90,6 +90,7 @@ def test_l4_opens_executes_in_scope_and_another_l4_reviews(world: World) -> None
         "override.breakglass",
         "execution.authorized",
         "execution.confirmed",
+        "anomaly.detected",  # sec1's attempt to review its own break-glass
         "breakglass.reviewed",
     ]
     world.stack.ledger.verify()

@@ -279,11 +279,16 @@ def test_rate_limited_caller_gets_resource_exhausted_with_retry_after(
     assert (ei.value.code, ei.value.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limited")
     assert "retry after" in ei.value.message
     assert stack.ledger.count() == before  # nothing judged or recorded
-    assert client.decide(request(actor="someone-else"))["outcome"] == "ALLOW"
+    # Without identity the per-actor key is the peer address: a new actor id is no way out.
+    with pytest.raises(RemoteError) as again:
+        client.decide(request(actor="someone-else", key="r4"))
+    assert again.value.reason == "rate_limited"
+    assert stack.ledger.count() == before
 
 
 def test_rate_limited_per_caller_across_actors(stack: Stack, client: GovernanceClient) -> None:
-    """One caller (here: one request source, no mTLS) cannot spread a flood over actors."""
+    """One caller (here: one peer address, no mTLS, no identity) cannot spread a flood over
+    actors or request sources: neither is the key."""
     from l7.engine.ratelimit import RateLimiter
 
     assert stack.engine is not None
@@ -298,4 +303,6 @@ def test_rate_limited_per_caller_across_actors(stack: Stack, client: GovernanceC
     assert "decide_per_caller" in ei.value.message
     other = request(actor="actor-9", key="c10")
     other["context"]["request_source"] = "another-service"
-    assert client.decide(other)["outcome"] == "ALLOW"
+    with pytest.raises(RemoteError) as again:
+        client.decide(other)
+    assert again.value.reason == "rate_limited"

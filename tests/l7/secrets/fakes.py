@@ -128,6 +128,11 @@ def high_entropy(rng: random.Random) -> str:
     return rand(rng, rng.randint(24, 64), ALNUM + "!#%*-_+.~/")
 
 
+def short_password(rng: random.Random) -> str:
+    """A low-entropy password: only its field's name gives it away."""
+    return rng.choice(["hunter", "letmein", "summer", "dragon"]) + str(rng.randint(1, 99))
+
+
 # kind -> generators of a value of that kind; ``NAMED`` kinds need a secret-named field
 GENERATORS: dict[SecretKind, tuple[Callable[[random.Random], Any], ...]] = {
     SecretKind.PRIVATE_KEY: (private_key,),
@@ -142,11 +147,17 @@ GENERATORS: dict[SecretKind, tuple[Callable[[random.Random], Any], ...]] = {
     SecretKind.BEARER_TOKEN: (bearer,),
     SecretKind.CONNECTION_STRING: (url_with_password, ado_connection_string),
     SecretKind.HIGH_ENTROPY: (high_entropy,),
+    SecretKind.SECRET_FIELD: (short_password,),
 }
-NAMED = frozenset({SecretKind.AWS_SECRET_KEY, SecretKind.HIGH_ENTROPY})
+NAMED = frozenset({SecretKind.AWS_SECRET_KEY, SecretKind.HIGH_ENTROPY, SecretKind.SECRET_FIELD})
 # values that stay whole (embedding them in prose would change what they are)
 WHOLE = frozenset(
-    {SecretKind.AWS_SECRET_KEY, SecretKind.HIGH_ENTROPY, SecretKind.GCP_SERVICE_ACCOUNT}
+    {
+        SecretKind.AWS_SECRET_KEY,
+        SecretKind.HIGH_ENTROPY,
+        SecretKind.GCP_SERVICE_ACCOUNT,
+        SecretKind.SECRET_FIELD,
+    }
 )
 
 

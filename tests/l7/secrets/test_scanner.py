@@ -69,7 +69,10 @@ def test_truncated_private_key_is_still_found() -> None:
 def test_aws_secret_key_in_secret_named_field(name: str) -> None:
     value = fakes.aws_secret_key(rng())
     assert scan({"aws": {name: value}}) == [Finding(f"action.payload.aws.{name}", K.AWS_SECRET_KEY)]
-    assert scan({"aws": {"object_key": value}}) == []
+    # In an ordinary field the same 40 random characters are still a long random token.
+    assert scan({"aws": {"object_key": value}}) == [
+        Finding("action.payload.aws.object_key", K.HIGH_ENTROPY)
+    ]
 
 
 def test_gcp_service_account_dict_is_one_finding_plus_its_key() -> None:
@@ -86,7 +89,7 @@ def test_jwt_needs_a_header_with_alg() -> None:
     _, payload, sig = token.split(".")
     assert scan({"t": token}) == [Finding("action.payload.t", K.JWT)]
     unsigned = jwt_segments({"typ": "JWT"}) + "." + payload + "." + sig
-    assert scan({"t": unsigned}) == []
+    assert K.JWT not in [f.kind for f in scan({"t": unsigned})]
     assert scan({"t": "docs.example.com.some-thing.else"}) == []
 
 
@@ -113,7 +116,67 @@ def test_authorization_header_in_text() -> None:
 def test_high_entropy_in_secret_named_fields(name: str) -> None:
     value = fakes.high_entropy(rng())
     assert scan({name: value}) == [Finding(f"action.payload.{name}", K.HIGH_ENTROPY)]
-    assert scan({"description": value}) == []
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_long_random_tokens_in_any_field(seed: int) -> None:
+    r = rng(seed)
+    for token in (
+        fakes.rand(r, 40, fakes.B64),
+        fakes.rand(r, 32),
+        fakes.rand(r, 48, fakes.ALNUM + "-_"),
+    ):
+        assert scan({"description": f"use {token} now"}) == [
+            Finding("action.payload.description", K.HIGH_ENTROPY)
+        ]
+
+
+@pytest.mark.parametrize("name", ["password", "db_password", "refresh_token", "api_key", "auth"])
+@pytest.mark.parametrize("value", ["short", "hunter2", "correct.horse.battery", "x"])
+def test_any_value_in_a_secret_named_field(name: str, value: str) -> None:
+    assert scan({name: value}) == [Finding(f"action.payload.{name}", K.SECRET_FIELD)]
+    assert redact({name: value})[0] == {name: "[redacted:secret_field]"}
+
+
+def test_values_under_a_secret_named_key_are_secret_named() -> None:
+    creds = {"credentials": {"user": "app", "pass": "hunter2", "type": "basic", "n": 3}}
+    assert scan(creds) == [
+        Finding("action.payload.credentials.user", K.SECRET_FIELD),
+        Finding("action.payload.credentials.pass", K.SECRET_FIELD),
+    ]
+
+
+@pytest.mark.parametrize("name", ["password", "token", "client_secret"])
+def test_pointers_in_secret_named_fields_pass(name: str) -> None:
+    for v in ("vault:kv/app/db#password@3", "sha256:" + "ab" * 32, "********", "${DB}", ""):
+        assert scan({name: v}) == []
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda s: base64.b64encode(s.encode()).decode(),
+        lambda s: base64.urlsafe_b64encode(s.encode()).decode().rstrip("="),
+        lambda s: s.encode().hex(),
+        lambda s: "".join(f"%{b:02X}" for b in s.encode()),
+    ],
+    ids=["base64", "base64url", "hex", "url"],
+)
+@pytest.mark.parametrize("kind", [K.AWS_ACCESS_KEY, K.GITHUB_TOKEN, K.PRIVATE_KEY, K.JWT])
+def test_encoded_secrets_are_found_with_their_inner_kind(encode: Any, kind: SecretKind) -> None:
+    value = fakes.fake(kind, rng())
+    encoded = encode(value)
+    assert scan({"note": f"blob {encoded} end"}) == [Finding("action.payload.note", kind)]
+    redacted, _ = redact({"note": f"blob {encoded} end"})
+    assert redacted == {"note": f"blob [redacted:{kind.value}] end"}
+
+
+def test_hex_of_binary_key_material_is_found_but_a_labelled_digest_is_not() -> None:
+    r = rng()
+    key = bytes(r.getrandbits(8) for _ in range(32)).hex()
+    assert scan({"k": key}) == [Finding("action.payload.k", K.HIGH_ENTROPY)]
+    assert scan({"k": "sha256:" + key}) == []
+    assert scan({"commit": key[:40]}) == []  # 20 bytes: a git commit, not a key
 
 
 def test_high_entropy_name_value_pair_in_text() -> None:
@@ -145,7 +208,6 @@ NOT_SECRETS: dict[str, Any] = {
     "access_key_id_hint": "AKIA...",
     "password_policy": "at least 14 characters, rotated every 90 days, never reused again",
     "note": "The bearer of this ticket may rotate the database password tomorrow morning.",
-    "refresh_token": "short",
     "admin_password": "********",
     "db_password": "${DB_PASSWORD}",
     "author": "Jonathan Livingston Seagull the Third of Port Elizabeth",
@@ -268,7 +330,7 @@ NEUTRAL = [
     "the quick brown fox jumps over the lazy dog near the riverbank",
 ]
 keys = st.text(KEY_ALPHABET, min_size=1, max_size=8) | st.sampled_from(
-    ["password", "token", "api_key", "secret_ref", "client_secret", "note", "url", "id"]
+    ["secret_ref", "token_id", "api_key_ref", "note", "url", "id"]
 )
 leaves = (
     st.none()
@@ -345,3 +407,18 @@ def test_planted_secret_is_always_caught(
     assert again == findings
     assert fakes.core(value) not in json.dumps(redacted)
     assert scan(redacted) == []
+
+
+def test_uuid_idempotency_keys_and_ids_are_not_opaque_tokens() -> None:
+    """UUID-bearing ids (``k-<uuid4>``, ``canary-<uuid4>``) were refused as high entropy
+    about 1 in 150 times; a UUID is an identifier and is left out before judging."""
+    import random
+    import uuid
+
+    from l7.secrets.decoders import opaque_tokens
+
+    rng = random.Random(12)
+    ids = [f"k-{uuid.UUID(int=rng.getrandbits(128), version=4)}" for _ in range(5000)]
+    assert [i for i in ids if list(opaque_tokens(i))] == []
+    # a random token beside a UUID is still found
+    assert list(opaque_tokens(f"{ids[0]}-{'aZ3kQ9xW2mP7rT5vB8nL4cY6hJ1gF0dS'}"))
