@@ -138,7 +138,9 @@ def newest_cosigned(
     return next((cp for cp in reversed(checkpoints) if verified.get(cp.index)), None)
 
 
-def _check_known(chain: Sequence[Checkpoint], known: Sequence[Checkpoint]) -> list[Checkpoint]:
+def _check_known(
+    chain: Sequence[Checkpoint], known: Sequence[Checkpoint], witnessed: Sequence[Checkpoint]
+) -> list[Checkpoint]:
     """Step 4: checkpoints known from outside; returns those the chain does not hold."""
     by_index = {cp.index: cp for cp in chain}
     newest = chain[-1] if chain else None
@@ -148,7 +150,7 @@ def _check_known(chain: Sequence[Checkpoint], known: Sequence[Checkpoint]) -> li
         if mine is not None:
             if mine != k:
                 raise _violation(
-                    "checkpoint_chain_broken",
+                    "witness_fork" if k in witnessed else "checkpoint_chain_broken",
                     k.tree_size,
                     f"checkpoint {k.index} as witnessed: tree_size {k.tree_size}, root "
                     f"{k.root_hash}, {k.timestamp}",
@@ -179,14 +181,17 @@ def verify_checkpoint_chain(
     cosignatures: Mapping[int, Sequence[Cosignature]] | None = None,
     witness_keys: Sequence[VerifierKey] = (),
     known: Sequence[Checkpoint] = (),
+    witnessed: Sequence[Checkpoint] = (),
 ) -> dict[int, list[Cosignature]]:
     """Steps 1-4 of ``verify_log`` (no rows needed): signatures, the chain, cosignatures,
-    the outside checkpoints. Returns the verified cosignatures per checkpoint index."""
-    if not checkpoints and not known:
+    the outside checkpoints (``witnessed``: cosigned by a witness; ``known``: seen before).
+    Returns the verified cosignatures per checkpoint index."""
+    outside = [*witnessed, *known]
+    if not checkpoints and not outside:
         return {}
-    pinned = origin or (checkpoints[0] if checkpoints else known[0]).origin
+    pinned = origin or (checkpoints[0] if checkpoints else outside[0]).origin
     # 1. Signatures (of the chain and of the outside checkpoints).
-    for cp in (*checkpoints, *known):
+    for cp in (*checkpoints, *outside):
         try:
             verify_checkpoint(cp, public_key_raw, origin=pinned)
         except ProofInvalid as e:
@@ -202,7 +207,7 @@ def verify_checkpoint_chain(
     # 3. Cosignatures by pinned witnesses.
     verified = verify_cosignatures(checkpoints, cosignatures or {}, witness_keys)
     # 4. Checkpoints known from outside the database.
-    _check_known(checkpoints, known)
+    _check_known(checkpoints, [*witnessed, *known], witnessed)
     return verified
 
 
@@ -238,7 +243,8 @@ def verify_log(
         origin=origin,
         cosignatures=cosignatures,
         witness_keys=witness_keys,
-        known=known,
+        known=seen,
+        witnessed=witnessed,
     )
     cosigned = newest_cosigned(checkpoints, verified)
     # 5. Streams and the global sequence, collecting the event hashes on the way.
@@ -254,10 +260,10 @@ def verify_log(
     #    witness's view is checked against the log even when the chain agrees with it).
     tree = MerkleTree.from_event_hashes(hashes)
     n = tree.size
-    by_witness = {k.index for k in witnessed}
-    ordered = sorted(
-        {cp.index: cp for cp in (*checkpoints, *known)}.values(), key=lambda c: c.index
-    )
+    in_chain = {cp.index for cp in checkpoints}
+    by_witness = {k.index for k in witnessed} - in_chain
+    merged = {cp.index: cp for cp in known} | {cp.index: cp for cp in checkpoints}
+    ordered = sorted(merged.values(), key=lambda c: c.index)
     good: Checkpoint | None = None
     for i, cp in enumerate(ordered):
         first_unproven = (good.tree_size if good else 0) + 1

@@ -9,7 +9,8 @@ callers of ``append``. ``stop()`` signs a last checkpoint if the log grew (best 
 
 ``IntegrityMonitor`` checks the ledger every ``every_s`` seconds with PUBLIC keys only:
 the log's checkpoint key (``public_key``) and the witnesses' keys (``witnesses``, whose
-latest cosigned checkpoint it also fetches). Against an ``SqlLedger`` it runs
+latest cosigned checkpoint of the log ``origin`` it also fetches: give the origin, or a
+monitor that starts after every checkpoint row was deleted cannot ask for it). Against an ``SqlLedger`` it runs
 ``ledger.audit.verify_log`` itself over the rows, the stored checkpoint chain and the
 cosignatures; against a ledger service (``RemoteLedger``) it asks the service to audit
 and checks the checkpoint chain, the cosignatures and the witnesses' view itself. A
@@ -266,7 +267,8 @@ class IntegrityMonitor(_Periodic):
                 origin=origin,
                 cosignatures=cosigs,
                 witness_keys=self.witness_keys,
-                known=[*witnessed, *seen],
+                known=seen,
+                witnessed=witnessed,
             )
             self.ledger.audit()
             newest = max((c.tree_size for c in (*witnessed, *seen)), default=0)

@@ -136,12 +136,13 @@ class VerifierKey:
         """Parse a vkey string strictly; its key hash must match its name and key."""
         if not isinstance(text, str):
             raise ProofInvalid("a verifier key is a string")
-        parts = text.strip().split("+")
-        if len(parts) != 3:
+        # The name has no '+'; the base64 key may (split like sumdb/note: twice, from the left).
+        name, sep1, rest = text.strip().partition("+")
+        hash_hex, sep2, key_b64 = rest.partition("+")
+        if not (sep1 and sep2):
             raise ProofInvalid(
                 f"a verifier key is '<name>+<8 hex digits>+<base64 key>', got {text!r:.120}"
             )
-        name, hash_hex, key_b64 = parts
         if not re.fullmatch(r"[0-9a-f]{8}", hash_hex):
             raise ProofInvalid(f"verifier key hash must be 8 lower-case hex digits: {hash_hex!r}")
         raw = _b64decode("verifier key", key_b64)

@@ -721,6 +721,11 @@ class SqlLedger:
             return latest.origin
         return self._origin or default_origin(self._dbname)
 
+    @property
+    def origin(self) -> str:
+        """The log's origin: the stored chain's, else the configured or default one."""
+        return self._origin_for(self._cplog.latest())
+
     def sign_checkpoint(self) -> Checkpoint:
         """Sign the tree head over the whole log now as the next checkpoint of the chain,
         store it, have it cosigned by the witnesses, and return it.

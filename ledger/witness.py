@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -63,6 +64,7 @@ from ledger.note import (
 __all__ = [
     "SIZE_CONTENT_TYPE",
     "Witness",
+    "WitnessProcess",
     "WitnessResponse",
     "create_witness_server",
     "load_or_create_witness_key",
@@ -455,6 +457,78 @@ def serve(
         server.server_close()
         thread.join(timeout=5)
     return 0
+
+
+class WitnessProcess:
+    """A witness running as its own OS process (``python -m ledger.witness``), started
+    and stopped by its owner (``l7 serve`` starts one for the local environment)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        logs: Sequence[VerifierKey],
+        *,
+        name: str = "layer7.local/witness",
+        addr: str = "127.0.0.1:0",
+        log_path: Path | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.logs = list(logs)
+        self.name = name
+        self.addr = addr
+        self.log_path = log_path
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.vkey: VerifierKey | None = None
+
+    def start(self, *, timeout_s: float = 30.0) -> WitnessProcess:
+        """Start the process and wait for it to print its address and key."""
+        argv = [sys.executable, "-m", "ledger.witness", "--state-dir", str(self.state_dir)]
+        argv += ["--name", self.name, "--addr", self.addr]
+        for k in self.logs:
+            argv += ["--log", k.encode()]
+        log_file = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=log_file or subprocess.DEVNULL,
+                text=True,
+                bufsize=1,
+            )
+        finally:
+            if log_file is not None:
+                log_file.close()
+        deadline = time.monotonic() + timeout_s
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline and (not self.url or self.vkey is None):
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("Layer-7 witness ") and " on " in line:
+                self.url = line.rsplit(" on ", 1)[1].strip()
+            elif line.startswith("witness key: "):
+                self.vkey = VerifierKey.decode(line.removeprefix("witness key: ").strip())
+        if not self.url or self.vkey is None:
+            self.stop()
+            raise OSError(
+                f"the witness process did not start (state {self.state_dir}"
+                + (f"; see {self.log_path})" if self.log_path else ")")
+            )
+        return self
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def _log_keys(values: Sequence[str]) -> list[VerifierKey]:
