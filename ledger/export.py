@@ -290,14 +290,15 @@ def _check(
                 f"checkpoint {c.index} (tree_size {c.tree_size})",
                 str(e),
             ) from e
-    # 5. Cosignatures by the given witnesses; each of them cosigned the anchor.
-    keys = {(k.name, k.key_hash): k for k in witness_keys}
+    # 5. Cosignatures by the given witnesses (one naming a given witness must be by its
+    #    key); each of them cosigned the anchor.
+    keys = {k.name: k for k in witness_keys}
     anchored: set[str] = set()
     for c, cs in zip(chain, cosigs, strict=True):
         for sig in cs:
-            key = keys.get((sig.name, sig.key_hash))
+            key = keys.get(sig.name)
             if key is None:
-                continue
+                continue  # an unknown witness: ignored (C2SP)
             try:
                 verify_cosignature(c.body, sig, key)
             except ProofInvalid as e:
