@@ -483,6 +483,7 @@ class WitnessProcess:
 
     def start(self, *, timeout_s: float = 30.0) -> WitnessProcess:
         """Start the process and wait for it to print its address and key."""
+        self.url, self.vkey = "", None
         argv = [sys.executable, "-m", "ledger.witness", "--state-dir", str(self.state_dir)]
         argv += ["--name", self.name, "--addr", self.addr]
         for k in self.logs:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger import (
     GENESIS_HASH,
@@ -33,8 +34,6 @@ from ledger import (
     chain_hash,
     verify_rows,
 )
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from ledger.audit import verify_log
 from ledger.checkpoint import Checkpoint, Ed25519CheckpointSigner, sign_checkpoint
 from ledger.merkle import MerkleTree, ProofInvalid
@@ -135,9 +134,7 @@ def wkey(witness_key: Ed25519PrivateKey) -> VerifierKey:
     return VerifierKey.for_private(WITNESS, ALG_COSIGNATURE_V1, witness_key)
 
 
-def cosigs(
-    cps: Sequence[Checkpoint], key: Ed25519PrivateKey
-) -> dict[int, list[Cosignature]]:
+def cosigs(cps: Sequence[Checkpoint], key: Ed25519PrivateKey) -> dict[int, list[Cosignature]]:
     return {c.index: [cosign(c.body, WITNESS, key, 1_700_000_000 + c.index)] for c in cps}
 
 

@@ -65,7 +65,9 @@ def _chain(signer: Ed25519CheckpointSigner, *sizes: int) -> list[Checkpoint]:
 def test_note_bytes_are_the_c2sp_checkpoint_with_l7_extension_lines(
     signer: Ed25519CheckpointSigner,
 ) -> None:
-    first = sign_checkpoint(5, "00" * 32, signer, NOW - timedelta(seconds=1), origin=ORIGIN, prev=None)
+    first = sign_checkpoint(
+        5, "00" * 32, signer, NOW - timedelta(seconds=1), origin=ORIGIN, prev=None
+    )
     cp = sign_checkpoint(8, ROOT, signer, NOW, origin=ORIGIN, prev=first)
     prev_b64 = base64.b64encode(bytes(32)).decode()
     assert cp.body == (
@@ -91,7 +93,10 @@ def test_vkey_is_the_sumdb_note_verifier_key_string(signer: Ed25519CheckpointSig
     name, hash_hex, key_b64 = vk.encode().split("+", 2)
     assert name == ORIGIN
     assert base64.b64decode(key_b64) == b"\x01" + signer.public_key_raw
-    assert hash_hex == hashlib.sha256(ORIGIN.encode() + b"\n\x01" + signer.public_key_raw).digest()[:4].hex()
+    assert (
+        hash_hex
+        == hashlib.sha256(ORIGIN.encode() + b"\n\x01" + signer.public_key_raw).digest()[:4].hex()
+    )
     assert VerifierKey.decode(vk.encode()) == vk
     with pytest.raises(ProofInvalid, match="does not match its name and key"):
         VerifierKey.decode(f"other.origin+{hash_hex}+{key_b64}")
@@ -195,7 +200,9 @@ def test_cosignature_v1_message_and_verification(signer: Ed25519CheckpointSigner
         b"cosignature/v1\ntime 1679315147\n" + cp.body.encode()
     )
     raw = base64.b64decode(c.line().split(" ")[2])
-    assert raw[:4] == hashlib.sha256(b"witness.example/w1\n\x04" + public_key_raw(wkey)).digest()[:4]
+    assert (
+        raw[:4] == hashlib.sha256(b"witness.example/w1\n\x04" + public_key_raw(wkey)).digest()[:4]
+    )
     assert int.from_bytes(raw[4:12], "big") == 1_679_315_147
     assert Cosignature.parse_line(c.line()) == c
     assert verify_cosignature(cp.body, c, vk) == c

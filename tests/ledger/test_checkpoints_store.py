@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.exc import DBAPIError
 
 from ledger import (
@@ -34,8 +35,6 @@ from ledger import (
     canonical_body,
     chain_hash,
 )
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from ledger.checkpoint import Ed25519CheckpointSigner, log_key, verify_checkpoint
 from ledger.checkpointer import MONITOR_STREAM
 from ledger.export import dump_export, verify_export
@@ -165,7 +164,9 @@ def test_checkpoints_are_stored_chained_cosigned_and_referenced(
     ((note,),) = backend.sql("SELECT note FROM checkpoint_notes WHERE idx = 1")
     assert note == second.note
     cosigs = led.cosignatures()
-    assert sorted(cosigs) == [0, 1] and all(c.key_id == witness.key.key_id for v in cosigs.values() for c in v)
+    assert sorted(cosigs) == [0, 1] and all(
+        c.key_id == witness.key.key_id for v in cosigs.values() for c in v
+    )
     assert led.witness_errors == {}
     # The witness's own latest view is the second checkpoint.
     latest = WitnessClient(witness).latest(ORIGIN)

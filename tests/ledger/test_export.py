@@ -13,17 +13,16 @@ import re
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger import GENESIS_HASH, IntegrityViolation, VerifyRow
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from ledger.checkpoint import Checkpoint, Ed25519CheckpointSigner
 from ledger.export import ExportReport, build_export, dump_export, verify_export
 from ledger.merkle import MerkleTree, ProofInvalid
 from ledger.note import ALG_COSIGNATURE_V1, VerifierKey
-from tests.ledger.test_audit import WITNESS, ORDER, checkpoints_for, cosigs, make_log
+from tests.ledger.test_audit import ORDER, WITNESS, checkpoints_for, cosigs, make_log
 
 SIGNER = Ed25519CheckpointSigner.generate()
 PUB = SIGNER.public_key_raw
@@ -42,9 +41,7 @@ def _select(*dids: str, from_seq: int = 1) -> list[VerifyRow]:
     ]
 
 
-def _pack(
-    rows: list[VerifyRow] | None = None, chain: list[Checkpoint] = CHAIN
-) -> dict[str, Any]:
+def _pack(rows: list[VerifyRow] | None = None, chain: list[Checkpoint] = CHAIN) -> dict[str, Any]:
     return build_export(
         _select("dec-B", "dec-D") if rows is None else rows,
         HASHES,
