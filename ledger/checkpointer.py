@@ -10,14 +10,15 @@ callers of ``append``. ``stop()`` signs a last checkpoint if the log grew (best 
 ``IntegrityMonitor`` checks the ledger every ``every_s`` seconds with PUBLIC keys only:
 the log's checkpoint key (``public_key``) and the witnesses' keys (``witnesses``, whose
 latest cosigned checkpoint of the log ``origin`` it also fetches: give the origin, or a
-monitor that starts after every checkpoint row was deleted cannot ask for it). Against an ``SqlLedger`` it runs
-``ledger.audit.verify_log`` itself over the rows, the stored checkpoint chain and the
-cosignatures; against a ledger service (``RemoteLedger``) it asks the service to audit
-and checks the checkpoint chain, the cosignatures and the witnesses' view itself. A
-checkpoint it verified once is remembered, so a chain that later loses it fails. These
-are integrity failures: a hash or signature mismatch, a checkpoint missing from the
-chain, a tail shorter than the newest witnessed size (``truncated``), a fork against a
-witness cosignature (``witness_fork``), a bad cosignature.
+monitor that starts after every checkpoint row was deleted cannot ask for it). Against
+an ``SqlLedger`` it runs ``ledger.audit.verify_log`` itself over the rows, the stored
+checkpoint chain and the cosignatures; against a ledger service (``RemoteLedger``) it
+asks the service to audit and checks the checkpoint chain, the cosignatures and the
+witnesses' view itself. A checkpoint it verified once is remembered, so a chain that
+later loses it fails. These are integrity failures: a hash or signature mismatch, a
+checkpoint missing from the chain, a tail shorter than the newest witnessed size
+(``truncated``), a fork against a witness cosignature (``witness_fork``), a bad
+cosignature.
 
 On an IntegrityViolation it calls ``on_failure(violation)`` (the engine enters restriction
 mode there) and appends an ``anomaly.detected`` event of kind ``ledger_integrity_failed``
