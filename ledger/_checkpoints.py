@@ -157,14 +157,16 @@ class CheckpointLog:
                 cosig = client.add_checkpoint(cp, proof)
                 self._store_cosignature(cp, cosig)
             except WitnessRefused as e:
+                if self.witness_errors.get(client.name) != str(e):  # once per distinct reason
+                    log.error(  # noqa: TRY400 - a refusal, not a crash: no traceback
+                        "checkpoint %d (tree_size %d) NOT cosigned: %s", cp.index, cp.tree_size, e
+                    )
                 self.witness_errors[client.name] = str(e)
-                log.error(  # noqa: TRY400 - a refusal, not a crash: no traceback
-                    "checkpoint %d (tree_size %d) NOT cosigned: %s", cp.index, cp.tree_size, e
-                )
                 continue
             except LedgerUnavailable as e:
+                if client.name not in self.witness_errors:
+                    log.warning("checkpoint %d not cosigned (witness unavailable): %s", cp.index, e)
                 self.witness_errors[client.name] = str(e)
-                log.warning("checkpoint %d not cosigned (witness unavailable): %s", cp.index, e)
                 continue
             self.witness_errors.pop(client.name, None)
             got.append(cosig)
