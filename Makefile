@@ -17,7 +17,11 @@ LEDGER_PROTOS := $(wildcard proto/l7/ledger/v1/*.proto)
 STUB_STAMP  := .build/stubs.stamp
 ENV         ?= local
 
-.PHONY: help setup venv opa stubs postgres run demo test unit integration opa-test lint fmt bench lock clean
+GOVERIFY    := $(TOOLS)/goverify
+GOVERIFY_SRC := $(wildcard tests/interop/goverify/*.go) tests/interop/goverify/go.mod tests/interop/goverify/go.sum
+export L7_GOVERIFY_BIN := $(GOVERIFY)
+
+.PHONY: help setup venv opa stubs postgres run demo test unit integration opa-test lint fmt bench lock clean goverify
 
 help: ## Show this help
 	@echo "Layer-7 — two commands do everything on a fresh machine:"
@@ -49,6 +53,14 @@ opa:
 	fi
 
 stubs: $(STUB_STAMP)
+
+# The independent export verifier (Go: sumdb/note, transparency-dev/formats and merkle),
+# pinned by tests/interop/goverify/go.sum; the Go build cache makes a rebuild fast.
+goverify: $(GOVERIFY) ## Build the independent Go verifier of export packs into .tools
+
+$(GOVERIFY): $(GOVERIFY_SRC)
+	@mkdir -p $(TOOLS)
+	cd tests/interop/goverify && CGO_ENABLED=0 go build -trimpath -o $(GOVERIFY) .
 
 $(STUB_STAMP): $(PROTOS) $(LEDGER_PROTOS) $(VENV)/.installed
 	@mkdir -p .build l7/v1
@@ -99,10 +111,10 @@ fmt: setup ## Apply ruff format and opa fmt
 unit: setup ## Unit tests only (fakes, no servers)
 	$(PY) -m pytest -m "not integration" -q
 
-integration: setup postgres ## Integration tests only (real OPA, OpenBao, PostgreSQL)
+integration: setup postgres goverify ## Integration tests only (real OPA, OpenBao, PostgreSQL)
 	$(PY) -m pytest -m integration -q
 
-test: setup postgres opa-test lint ## Set up, then Rego tests + coverage, lint, type check, unit and integration tests
+test: setup postgres goverify opa-test lint ## Set up, then Rego tests + coverage, lint, type check, unit and integration tests
 	$(PY) -m pytest -q
 
 bench: setup postgres ## Benchmarks vs bare OPA (docs/performance.md), ~10 min; BENCH_QUICK=1 for ~1 min

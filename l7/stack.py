@@ -12,8 +12,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from l7.crypto import Ed25519Signer
 from l7.engine import Clock, Engine
@@ -46,10 +48,19 @@ from l7.server.app import create_server
 from l7.signed_ledger import SignedLedger
 from l7.tls import client_credentials, server_tls
 from l7.trust import TrustFile, load_tier_signer, load_trust
-from ledger import IntegrityViolation, LedgerClient, SqlLedger, open_ledger
+from ledger import IntegrityViolation, LedgerClient, LedgerError, SqlLedger, open_ledger
 from ledger.attestation import Tier
+from ledger.checkpoint import (
+    Ed25519CheckpointSigner,
+    default_origin,
+    load_private_key,
+    log_key,
+    save_private_key,
+)
 from ledger.checkpointer import IntegrityMonitor
 from ledger.remote import RemoteLedger
+from ledger.witness import WitnessProcess
+from ledger.witness_client import WitnessEndpoint
 
 __all__ = ["REPO_ROOT", "Stack", "StackConfig", "check_production_posture", "connect_ledger"]
 
@@ -109,18 +120,52 @@ class StackConfig:
     """mTLS for every tier (``l7 certs init`` layout): the engine and gateway ports require
     client certificates from this CA and accept only their allowed peers (``l7.tls.ACCEPTS``);
     a ``grpc://`` ledger is reached with the engine's certificate. None: plaintext loopback."""
+    checkpoints: bool = True
+    """An in-process ledger signs continuous checkpoints (C2SP notes) with ``checkpoint_key``."""
+    checkpoint_key: Path | None = None
+    """Ed25519 checkpoint key (created if missing); default <work_dir>/keys/checkpoint.pem."""
+    checkpoint_every_s: float = 1.0
+    checkpoint_every_events: int = 1000
+    origin: str | None = None
+    """The log's origin line; default layer7.local/ledger/<env>."""
+    local_witness: bool = False
+    """Start one witness process (``python -m ledger.witness``, state in
+    <work_dir>/witness/<env>) that cosigns the in-process ledger's checkpoints."""
+    witnesses: tuple[WitnessEndpoint, ...] = ()
+    """Further witnesses the in-process ledger sends its checkpoints to (and the monitor
+    compares the ledger with)."""
+    checkpoint_public_key: bytes | None = None
+    """The checkpoint public key of a ledger service (``grpc://``), for the integrity monitor."""
+    integrity_degraded_after_s: float | None = None
+    """Deny governed actions (``ledger_degraded``) once no integrity check has completed for
+    this long (default: three monitor intervals)."""
 
 
 def connect_ledger(
-    url: str, *, token: str | None = None, credentials: grpc.ChannelCredentials | None = None
+    url: str,
+    *,
+    token: str | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+    **ledger_opts: Any,
 ) -> LedgerClient:
     """``grpc://host:port`` reaches the ledger service (RemoteLedger, over mTLS with
-    ``credentials``); anything else is a database URL opened in-process. Both are the same
-    LedgerClient to the engine."""
+    ``credentials``); anything else is a database URL opened in-process (``ledger_opts`` go
+    to ``SqlLedger``). Both are the same LedgerClient to the engine."""
     if url.startswith("grpc://"):
         meta = (("authorization", f"Bearer {token}"),) if token else ()
         return RemoteLedger(url.removeprefix("grpc://"), metadata=meta, credentials=credentials)
-    return open_ledger(url)
+    return open_ledger(url, **ledger_opts)
+
+
+def load_or_create_checkpoint_key(path: Path) -> Ed25519CheckpointSigner:
+    """The in-process ledger's checkpoint signer from ``path`` (0600), created if missing."""
+    try:
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            save_private_key(path, Ed25519PrivateKey.generate())
+        return Ed25519CheckpointSigner(load_private_key(path))
+    except (OSError, ValueError, TypeError) as e:
+        raise ConfigError(f"checkpoint key {path}: {e}") from e
 
 
 def check_production_posture(config: StackConfig) -> None:
@@ -165,6 +210,9 @@ class Stack:
         self.gateway_port = 0
         self.grant_public_key_path: Path | None = None
         self.monitor: IntegrityMonitor | None = None
+        self.witness: WitnessProcess | None = None
+        self.checkpoint_vkey: str | None = None
+        """The in-process ledger's checkpoint verifier key (for auditors and witnesses)."""
         self._stop_sweeper = threading.Event()
         self._sweeper: threading.Thread | None = None
         self._opa_keeper: threading.Thread | None = None
@@ -200,11 +248,15 @@ class Stack:
                     Tier.GATEWAY, trust, key_path=cfg.gateway_tier_key, work_dir=cfg.work_dir
                 )
             self.trust = trust
+            ledger_opts, monitor_key, witnesses = self._checkpointing()
             self.raw_ledger = raw = connect_ledger(
                 cfg.ledger_url,
                 token=cfg.ledger_token,
                 credentials=client_credentials(cfg.cert_dir, "engine") if cfg.cert_dir else None,
+                **ledger_opts,
             )
+            if isinstance(raw, SqlLedger) and ledger_opts:
+                _ = raw.origin  # a chain of another origin refuses here, not later
             self.ledger = signed = SignedLedger(
                 raw,
                 tier=Tier.ENGINE,
@@ -286,6 +338,7 @@ class Stack:
                 tls=server_tls(cfg.cert_dir, "engine") if cfg.cert_dir else None,
             )
             self.server.start()
+            service: GatewayService | None = None
             if cfg.gateway:
                 pub = grant_key.public_key()
                 assert gateway_key is not None
@@ -318,7 +371,15 @@ class Stack:
                     raw,
                     every_s=cfg.integrity_check_s,
                     on_failure=lambda e: restriction.enter(str(e)),
+                    public_key=monitor_key,
+                    origin=cfg.origin or default_origin(cfg.env) if ledger_opts else None,
+                    witnesses=witnesses,
+                    degraded_after_s=cfg.integrity_degraded_after_s,
                 )
+                # A monitor that cannot run for too long denies governed actions.
+                restriction.health = self.monitor.degraded
+                if service is not None:
+                    service.restriction.health = self.monitor.degraded
                 self.monitor.start()
             if cfg.opa_restart_s > 0 and self.opa is not None:
                 self._opa_keeper = threading.Thread(
@@ -347,6 +408,45 @@ class Stack:
         engine = self.engine
         if engine is not None:
             engine.restriction.enter(str(violation))
+
+    def _checkpointing(
+        self,
+    ) -> tuple[dict[str, object], bytes | None, list[WitnessEndpoint]]:
+        """(SqlLedger options, the monitor's checkpoint public key, the witnesses): an
+        in-process ledger signs continuous checkpoints, cosigned by the configured
+        witnesses and, with ``local_witness``, by one witness process started here."""
+        cfg = self.config
+        witnesses = list(cfg.witnesses)
+        if cfg.ledger_url.startswith("grpc://") or not cfg.checkpoints:
+            return {}, cfg.checkpoint_public_key, witnesses
+        signer = load_or_create_checkpoint_key(
+            cfg.checkpoint_key or cfg.work_dir / "keys" / "checkpoint.pem"
+        )
+        origin = cfg.origin or default_origin(cfg.env)
+        vkey = log_key(origin, signer.public_key_raw)
+        self.checkpoint_vkey = vkey.encode()
+        if cfg.local_witness:
+            logs = cfg.work_dir / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            try:
+                self.witness = WitnessProcess(
+                    cfg.work_dir / "witness" / cfg.env,
+                    [vkey],
+                    name=f"layer7.local/witness/{cfg.env}",
+                    log_path=logs / f"witness-{cfg.env}.log",
+                ).start()
+            except OSError as e:
+                raise ConfigError(f"the local witness did not start: {e}") from e
+            assert self.witness.vkey is not None
+            witnesses.append(WitnessEndpoint(self.witness.url, self.witness.vkey))
+        opts: dict[str, object] = {
+            "checkpoint_signer": signer,
+            "origin": origin,
+            "witnesses": witnesses,
+            "checkpoint_every_s": cfg.checkpoint_every_s,
+            "checkpoint_every_events": cfg.checkpoint_every_events,
+        }
+        return opts, signer.public_key_raw, witnesses
 
     def _keep_opa(self) -> None:
         """Supervise the OPA child: a crashed OPA is started again with the same signed
@@ -399,8 +499,14 @@ class Stack:
             self.engine = None
         self.ledger = None
         if self.raw_ledger is not None:
-            self.raw_ledger.close()
+            try:
+                self.raw_ledger.close()  # signs (and has witnessed) a last checkpoint
+            except LedgerError as e:
+                log.warning("closing the ledger: %s", e)
             self.raw_ledger = None
+        if self.witness is not None:
+            self.witness.stop()
+            self.witness = None
         if self.opa is not None:
             self.opa.stop()
             self.opa = None

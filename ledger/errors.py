@@ -5,7 +5,11 @@
     ├── InvalidEvent               an event cannot enter the ledger (not JSON, NaN, unknown type)
     ├── DuplicateKey               an event's unique_key (idempotency key, nonce, grant id) is taken
     ├── StaleHead                  a signed batch names a stream head that moved: sign again
-    └── IntegrityViolation         verification found an edited, missing, inserted or moved event
+    ├── IntegrityViolation         verification found an edited, missing, inserted or moved event
+    └── WitnessRefused             a witness refused to cosign a checkpoint (rewind, fork, proof)
+
+``WitnessUnavailable`` (a LedgerUnavailable) is a witness that cannot be reached.
+``ProofInvalid`` (``ledger.merkle``) is malformed or non-verifying evidence.
 
 Database driver exceptions (SQLAlchemy / sqlite3 / psycopg / Alembic) are
 translated into these in exactly one place, ``ledger._dberrors``, with
@@ -21,6 +25,8 @@ __all__ = [
     "LedgerError",
     "LedgerUnavailable",
     "StaleHead",
+    "WitnessRefused",
+    "WitnessUnavailable",
 ]
 
 
@@ -85,3 +91,17 @@ class IntegrityViolation(LedgerError):
         self.global_seq = global_seq
         self.expected = expected
         self.actual = actual
+
+
+class WitnessUnavailable(LedgerUnavailable):
+    """A witness could not be reached or answered nonsense; the checkpoint stays uncosigned."""
+
+
+class WitnessRefused(LedgerError):
+    """A witness refused to cosign: ``status`` is its HTTP status, ``reason`` says why."""
+
+    def __init__(self, witness: str, status: int, reason: str) -> None:
+        super().__init__(f"witness {witness} refused the checkpoint (HTTP {status}): {reason}")
+        self.witness = witness
+        self.status = status
+        self.reason = reason

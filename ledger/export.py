@@ -1,35 +1,50 @@
-"""The offline audit pack: selected events + a signed checkpoint + inclusion proofs.
+"""The offline audit pack: selected events, the checkpoint chain over them, proofs.
 
 One JSON document (``dump_export`` writes it; keys sorted, ASCII only)::
 
-    {"format": "l7.ledger.export", "version": 1,
-     "checkpoint": {"tree_size", "root_hash", "timestamp", "key_id", "signature"},
+    {"format": "l7.ledger.export", "version": 2,
+     "origin": "<the log's origin>",
+     "checkpoints": ["<checkpoint signed note, cosignature lines included>", ...],
+                        # a consecutive segment of the chain, oldest first; the last
+                        # one (the anchor) covers every event in the pack
+     "consistency_proofs": [["<hex node>", ...], ...],
+                        # entry i proves checkpoints[i] a prefix of checkpoints[i+1]
      "events": [{"global_seq", "sequence", "prev_hash", "hash",
                  "body",              # the stored JCS body text, exactly
-                 "inclusion_proof"}], # hex nodes, leaf-side first, against the checkpoint
+                 "inclusion_proof"}], # hex nodes, leaf-side first, against the anchor
      "verification": {"result": "verified", "events", "streams", "tree_size",
-                      "streams_from_genesis"}}
+                      "streams_from_genesis", "checkpoints", "first_checkpoint"}}
 
-``verify_export(doc, public_key_raw)`` needs nothing else. It checks, in order:
+The segment starts at the newest checkpoint made before the first exported event (or
+at checkpoint 0), so it shows every checkpoint signed while these events were written.
+``docs/ledger-format.md`` specifies every byte.
+
+``verify_export(doc, public_key_raw, witness_keys=...)`` needs nothing else. In order:
 
 1. the document's form: exactly these fields and types, lower-case hex, no
    duplicate JSON keys, no NaN, integers where integers belong   -> ProofInvalid
-2. the checkpoint signature                                     -> ``checkpoint_signature``
-3. events in strictly increasing global_seq                     -> ``global_order``
-4. each event: sha256(prev_hash || body) == hash                -> ``hash_mismatch``;
+2. every checkpoint note parses, is for ``origin``, and its log signature verifies
+                                                                -> ``checkpoint_signature``
+3. the checkpoints are consecutive (``l7.index`` + 1, ``l7.prev`` naming the one
+   before)                                  -> ``checkpoint_missing`` / ``checkpoint_chain_broken``
+4. each consistency proof verifies between its two checkpoints -> ``checkpoint_inconsistent``
+5. cosignatures by the given witness keys verify (others are ignored), and each given
+   witness cosigned the anchor          -> ``cosignature_invalid`` / ``unwitnessed_events``
+6. events in strictly increasing global_seq                     -> ``global_order``
+7. each event: sha256(prev_hash || body) == hash                -> ``hash_mismatch``;
    the body is a JSON object with exactly the event fields      -> ``body_mismatch``
-5. each stream's continuity inside the pack: consecutive events have consecutive
+8. each stream's continuity inside the pack: consecutive events have consecutive
    ``sequence`` and link by ``prev_hash``                      -> ``sequence_gap`` /
    ``chain_break``. A stream's first event in the pack is either sequence 1 with
    the genesis prev_hash, or starts mid-stream with a non-genesis prev_hash.
-6. each event's inclusion proof (leaf = event hash, index = global_seq - 1) against
-   the checkpoint root                                          -> ``inclusion_proof``
-7. the ``verification`` block equals what steps 1-6 found        -> ProofInvalid
+9. each event's inclusion proof (leaf = event hash, index = global_seq - 1) against
+   the anchor's root                                            -> ``inclusion_proof``
+10. the ``verification`` block equals what steps 1-9 found      -> ProofInvalid
 
 Failures are IntegrityViolation naming the event, except form errors (ProofInvalid).
 
 What an offline verifier cannot know: whether a stream has events *after* the
-last one in the pack (or after the checkpoint), and, for a stream that starts
+last one in the pack (or after the anchor), and, for a stream that starts
 mid-stream, that its first ``sequence`` number is right: the pack links to the
 earlier events by prev_hash only. ``streams_from_genesis`` lists the streams whose
 every event from sequence 1 is in the pack; export whole streams for full proof.
@@ -42,13 +57,21 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from ledger.canonical import BODY_FIELDS
-from ledger.checkpoint import Checkpoint, parse_json_strict, verify_checkpoint
+from ledger.checkpoint import Checkpoint, check_chain, parse_json_strict, verify_checkpoint
 from ledger.errors import IntegrityViolation
 from ledger.interface import GENESIS_HASH
-from ledger.merkle import MerkleTree, ProofInvalid, event_leaf_hash, verify_inclusion
+from ledger.merkle import (
+    MerkleTree,
+    ProofInvalid,
+    event_leaf_hash,
+    verify_consistency,
+    verify_inclusion,
+)
+from ledger.note import Cosignature, VerifierKey, verify_cosignature
 from ledger.verify import VerifyRow
 
 __all__ = [
@@ -61,14 +84,25 @@ __all__ = [
 ]
 
 EXPORT_FORMAT = "l7.ledger.export"
-EXPORT_VERSION = 1
-_DOC_FIELDS = frozenset({"format", "version", "checkpoint", "events", "verification"})
+EXPORT_VERSION = 2
+_DOC_FIELDS = frozenset(
+    {"format", "version", "origin", "checkpoints", "consistency_proofs", "events", "verification"}
+)
 _EVENT_FIELDS = frozenset(
     {"global_seq", "sequence", "prev_hash", "hash", "body", "inclusion_proof"}
 )
 _VERIFICATION_FIELDS = frozenset(
-    {"result", "events", "streams", "tree_size", "streams_from_genesis"}
+    {
+        "result",
+        "events",
+        "streams",
+        "tree_size",
+        "streams_from_genesis",
+        "checkpoints",
+        "first_checkpoint",
+    }
 )
+_MAX_CHECKPOINTS = 10_000_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _MAX_PROOF = 64  # a tree of 2**53 leaves has proofs of at most 53 nodes
 
@@ -80,9 +114,13 @@ class ExportReport:
     events: int
     streams: int
     checkpoint: Checkpoint
+    """The anchor: the newest checkpoint, which covers every event of the pack."""
     decision_ids: tuple[str, ...]
     streams_from_genesis: tuple[str, ...]
     """Streams present from sequence 1 (the others start mid-stream)."""
+    chain: tuple[Checkpoint, ...] = ()
+    cosigned_by: tuple[str, ...] = ()
+    """Key ids of the given witnesses, every one of which cosigned the anchor."""
 
     @property
     def tree_size(self) -> int:
@@ -166,42 +204,133 @@ def _decision_id(body: str) -> str | None:
     return did if isinstance(did, str) and did else None
 
 
-def _check(doc: Mapping[str, Any], public_key_raw: bytes | None) -> ExportReport:
-    """Steps 1-6 of the module docstring (signature only if a key is given)."""
-    # 1. Form of the envelope and the checkpoint.
+def _chain(
+    doc: Mapping[str, Any],
+) -> tuple[str, list[Checkpoint], list[list[Cosignature]], list[list[bytes]]]:
+    """Step 1 for the checkpoints and proofs: parsed, nothing verified yet."""
+    origin = doc.get("origin")
+    if not isinstance(origin, str):
+        raise ProofInvalid("origin must be a string")
+    notes = doc.get("checkpoints")
+    if not isinstance(notes, list) or not 1 <= len(notes) <= _MAX_CHECKPOINTS:
+        raise ProofInvalid("checkpoints must be a non-empty list of signed notes")
+    chain: list[Checkpoint] = []
+    cosigs: list[list[Cosignature]] = []
+    for i, note in enumerate(notes):
+        if not isinstance(note, str):
+            raise ProofInvalid(f"checkpoints[{i}] must be a signed note (a string)")
+        try:
+            cp, cs = Checkpoint.decode_cosigned(note)
+        except ProofInvalid as e:
+            raise ProofInvalid(f"checkpoints[{i}]: {e}") from e
+        chain.append(cp)
+        cosigs.append(cs)
+    proofs_raw = doc.get("consistency_proofs")
+    if not isinstance(proofs_raw, list) or len(proofs_raw) != len(chain) - 1:
+        raise ProofInvalid(
+            f"consistency_proofs must be a list of {len(chain) - 1} proofs (one per pair of "
+            "consecutive checkpoints)"
+        )
+    proofs: list[list[bytes]] = []
+    for i, p in enumerate(proofs_raw):
+        if not isinstance(p, list) or len(p) > _MAX_PROOF:
+            raise ProofInvalid(f"consistency_proofs[{i}] must be a list of at most {_MAX_PROOF}")
+        proofs.append(
+            [bytes.fromhex(_hex(f"consistency_proofs[{i}][{j}]", h)) for j, h in enumerate(p)]
+        )
+    return origin, chain, cosigs, proofs
+
+
+def _check(
+    doc: Mapping[str, Any],
+    public_key_raw: bytes | None,
+    witness_keys: Sequence[VerifierKey] = (),
+) -> ExportReport:
+    """Steps 1-9 of the module docstring (signatures only if a key is given)."""
+    # 1. Form of the envelope, the checkpoints and the events.
     if doc.get("format") != EXPORT_FORMAT or type(doc.get("version")) is not int:
         raise ProofInvalid(f"not an {EXPORT_FORMAT} document")
     if doc["version"] != EXPORT_VERSION:
-        raise ProofInvalid(f"{EXPORT_FORMAT} version {doc['version']} is not supported")
-    cp = Checkpoint.from_dict(doc.get("checkpoint"))
+        raise ProofInvalid(
+            f"{EXPORT_FORMAT} version {doc['version']} is not supported (this verifier reads "
+            f"version {EXPORT_VERSION}); export the pack again with this release"
+        )
+    origin, chain, cosigs, proofs = _chain(doc)
     raw_events = doc.get("events")
     if not isinstance(raw_events, list) or not raw_events:
         raise ProofInvalid("events must be a non-empty list")
     events = [_parse_event(i, e) for i, e in enumerate(raw_events)]
-    # 2. The checkpoint signature.
-    if public_key_raw is not None:
+    cp = chain[-1]
+    for c in chain:
+        # 2. Each checkpoint is the log's, signed.
+        if c.origin != origin:
+            raise ProofInvalid(f"checkpoint {c.index} is for log {c.origin!r}, not {origin!r}")
+        if public_key_raw is not None:
+            try:
+                verify_checkpoint(c, public_key_raw, origin=origin)
+            except ProofInvalid as e:
+                raise _violation(
+                    "checkpoint_signature",
+                    ("-", 0, c.tree_size),
+                    f"a valid log signature on checkpoint {c.index}",
+                    str(e),
+                ) from e
+    for i in range(1, len(chain)):
+        prev, c = chain[i - 1], chain[i]
+        # 3. Consecutive.
+        check_chain(prev, c, "export pack")
+        # 4. Consistent.
         try:
-            verify_checkpoint(cp, public_key_raw)
+            verify_consistency(prev.tree_size, c.tree_size, prev.root, c.root, proofs[i - 1])
         except ProofInvalid as e:
             raise _violation(
-                "checkpoint_signature",
-                ("-", 0, cp.tree_size),
-                "a valid checkpoint signature",
+                "checkpoint_inconsistent",
+                ("-", 0, c.tree_size),
+                f"checkpoint {prev.index} (tree_size {prev.tree_size}) to be a prefix of "
+                f"checkpoint {c.index} (tree_size {c.tree_size})",
                 str(e),
             ) from e
+    # 5. Cosignatures by the given witnesses (one naming a given witness must be by its
+    #    key); each of them cosigned the anchor.
+    keys = {k.name: k for k in witness_keys}
+    anchored: set[str] = set()
+    for c, cs in zip(chain, cosigs, strict=True):
+        for sig in cs:
+            key = keys.get(sig.name)
+            if key is None:
+                continue  # an unknown witness: ignored (C2SP)
+            try:
+                verify_cosignature(c.body, sig, key)
+            except ProofInvalid as e:
+                raise _violation(
+                    "cosignature_invalid",
+                    ("-", 0, c.tree_size),
+                    f"a valid cosignature by {key.key_id} on checkpoint {c.index}",
+                    str(e),
+                ) from e
+            if c is cp:
+                anchored.add(key.key_id)
+    missing = sorted({k.key_id for k in witness_keys} - anchored)
+    if missing:
+        raise _violation(
+            "unwitnessed_events",
+            ("-", 0, cp.tree_size),
+            f"the anchor checkpoint {cp.index} (tree_size {cp.tree_size}) cosigned by {missing}",
+            "no such cosignature in the pack: its events are not witnessed",
+        )
     root = cp.root
     heads: dict[str, tuple[int, str]] = {}
     from_genesis: set[str] = set()
     last_g = 0
     for ev in events:
         g = ev.global_seq
-        # 3. Global order.
+        # 6. Global order.
         if g <= last_g:
             raise _violation(
                 "global_order", ("-", ev.sequence, g), f"global_seq > {last_g}", f"global_seq {g}"
             )
         last_g = g
-        # 4. Chain hash over the body as given, then the body's form.
+        # 7. Chain hash over the body as given, then the body's form.
         did = _decision_id(ev.body) or "?"
         try:
             data = ev.prev_hash.encode("ascii") + ev.body.encode("utf-8")
@@ -221,7 +350,7 @@ def _check(doc: Mapping[str, Any], public_key_raw: bytes | None) -> ExportReport
                 f"a body with fields {sorted(BODY_FIELDS)}",
                 f"{ev.body:.80}",
             )
-        # 5. Stream continuity inside the pack.
+        # 8. Stream continuity inside the pack.
         head = heads.get(did)
         if head is None:
             if ev.sequence == 1 and ev.prev_hash != GENESIS_HASH:
@@ -251,7 +380,7 @@ def _check(doc: Mapping[str, Any], public_key_raw: bytes | None) -> ExportReport
                     "chain_break", (did, ev.sequence, g), f"prev_hash {last_hash}", ev.prev_hash
                 )
         heads[did] = (ev.sequence, ev.hash)
-        # 6. Inclusion in the signed tree.
+        # 9. Inclusion in the signed tree.
         try:
             verify_inclusion(event_leaf_hash(ev.hash), g - 1, cp.tree_size, ev.proof, root)
         except ProofInvalid as e:
@@ -267,6 +396,8 @@ def _check(doc: Mapping[str, Any], public_key_raw: bytes | None) -> ExportReport
         checkpoint=cp,
         decision_ids=tuple(heads),
         streams_from_genesis=tuple(sorted(from_genesis)),
+        chain=tuple(chain),
+        cosigned_by=tuple(sorted(anchored)),
     )
 
 
@@ -277,24 +408,31 @@ def _verification_block(report: ExportReport) -> dict[str, Any]:
         "streams": report.streams,
         "tree_size": report.tree_size,
         "streams_from_genesis": list(report.streams_from_genesis),
+        "checkpoints": len(report.chain),
+        "first_checkpoint": report.chain[0].index,
     }
 
 
 def build_export(
     rows_for_selection: Iterable[tuple[Any, ...]],
     all_event_hashes_in_global_order: Sequence[str] | MerkleTree,
-    checkpoint: Checkpoint,
+    chain: Sequence[Checkpoint],
+    cosignatures: Mapping[int, Sequence[Cosignature]] | None = None,
     *,
     public_key_raw: bytes | None = None,
 ) -> dict[str, Any]:
     """The audit pack for the selected rows (``VerifyRow`` tuples in global order; each
-    stream contiguous) against ``checkpoint``, which must cover them.
+    stream contiguous) against a consecutive ``chain`` segment whose last checkpoint
+    covers them, with the ``cosignatures`` of those checkpoints (per index).
 
     ``all_event_hashes_in_global_order`` is every event hash of the ledger (or a
-    ``MerkleTree`` already built over them); its first ``checkpoint.tree_size`` must give
-    the signed root. With ``public_key_raw`` the signature is checked here too.
-    Raises IntegrityViolation if the rows, the log and the checkpoint disagree.
+    ``MerkleTree`` already built over them); its prefixes must give the signed roots.
+    With ``public_key_raw`` the signatures are checked here too. Raises
+    IntegrityViolation if the rows, the log and the checkpoints disagree.
     """
+    if not chain:
+        raise ValueError("an export needs at least one checkpoint")
+    checkpoint = chain[-1]
     tree = (
         all_event_hashes_in_global_order
         if isinstance(all_event_hashes_in_global_order, MerkleTree)
@@ -339,10 +477,24 @@ def build_export(
                 "inclusion_proof": [p.hex() for p in tree.inclusion_proof(g - 1, size)],
             }
         )
+    for c in chain:
+        if c.tree_size > tree.size or tree.root(c.tree_size) != c.root:
+            raise _violation(
+                "checkpoint_root_mismatch",
+                ("-", 0, 1),
+                f"root {c.root_hash} (checkpoint {c.index})",
+                f"the log's first {c.tree_size} events give another root",
+            )
+    cos = cosignatures or {}
     doc: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
-        "checkpoint": checkpoint.to_dict(),
+        "origin": checkpoint.origin,
+        "checkpoints": [c.encode(cos.get(c.index, ())) for c in chain],
+        "consistency_proofs": [
+            [p.hex() for p in tree.consistency_proof(a.tree_size, b.tree_size)]
+            for a, b in pairwise(chain)
+        ],
         "events": events,
     }
     doc["verification"] = _verification_block(_check(doc, public_key_raw))
@@ -354,8 +506,14 @@ def dump_export(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, indent=1, ensure_ascii=True).encode("ascii") + b"\n"
 
 
-def verify_export(doc: Mapping[str, Any] | bytes | str, public_key_raw: bytes) -> ExportReport:
-    """Verify an audit pack offline with only the checkpoint public key (module docstring).
+def verify_export(
+    doc: Mapping[str, Any] | bytes | str,
+    public_key_raw: bytes,
+    *,
+    witness_keys: Sequence[VerifierKey] = (),
+) -> ExportReport:
+    """Verify an audit pack offline with only the log's public key and, if given, the
+    witnesses' keys, each of which must have cosigned the anchor (module docstring).
 
     ``doc`` is the parsed document or its JSON text (parsed strictly). Returns what was
     proven; raises IntegrityViolation for a failed check, ProofInvalid for a malformed pack.
@@ -363,12 +521,13 @@ def verify_export(doc: Mapping[str, Any] | bytes | str, public_key_raw: bytes) -
     parsed = parse_json_strict(doc) if isinstance(doc, bytes | str) else dict(doc)
     # 1. Envelope fields.
     envelope = _fields("export", parsed, _DOC_FIELDS)
-    # 1-6.
-    report = _check(envelope, public_key_raw)
-    # 7. The recorded verification result is the one just computed.
+    # 1-9.
+    report = _check(envelope, public_key_raw, witness_keys)
+    # 10. The recorded verification result is the one just computed.
     claimed = _fields("verification", envelope["verification"], _VERIFICATION_FIELDS)
     if dict(claimed) != _verification_block(report) or any(
-        type(claimed[k]) is not int for k in ("events", "streams", "tree_size")
+        type(claimed[k]) is not int
+        for k in ("events", "streams", "tree_size", "checkpoints", "first_checkpoint")
     ):
         raise ProofInvalid(
             f"the pack's verification block {dict(claimed)!r:.200} does not match the "

@@ -199,8 +199,8 @@ class AuditableLedger(LedgerClient, Protocol):
         ...
 
     def sign_checkpoint(self) -> Any:
-        """Sign a checkpoint (tree size, root, time, key id) over the whole log now; store it,
-        emit it to the witness file if one is configured, and return it (a Checkpoint)."""
+        """Sign the next checkpoint of the chain (a C2SP note over the whole log) now; store
+        it, have it cosigned by the configured witnesses, and return it (a Checkpoint)."""
         ...
 
     def checkpoints(self) -> list[Any]:
@@ -212,8 +212,8 @@ class AuditableLedger(LedgerClient, Protocol):
     def consistency_proof(self, size1: int, size2: int) -> list[bytes]: ...
 
     def audit(self, progress: ProgressFn | None = None) -> Any:
-        """verify + the Merkle tree against every stored and witnessed checkpoint
-        (an AuditReport); raises IntegrityViolation."""
+        """verify + the Merkle tree against the stored checkpoint chain and its witness
+        cosignatures (an AuditReport); raises IntegrityViolation."""
         ...
 
     def export(

@@ -14,6 +14,11 @@ DELETE; PostgreSQL: a plpgsql function refusing UPDATE, DELETE and TRUNCATE).
 key and ``body`` the exact JCS bytes the signature covers; append-only like
 ``events`` (``CHECKPOINTS_APPEND_ONLY_MESSAGE``). The indexes on ``event_type``,
 ``actor`` and ``at`` serve ``SqlLedger.query``.
+Revision 0003 supersedes ``checkpoints`` (JCS bodies, kept for old ledgers, no longer
+written) with ``checkpoint_notes``: one C2SP signed note per checkpoint, keyed by its
+chain index (``ledger.checkpoint``), and ``cosignatures``: each witness's cosignature/v1
+line for a checkpoint. Both append-only (``CHECKPOINT_NOTES_APPEND_ONLY_MESSAGE``,
+``COSIGNATURES_APPEND_ONLY_MESSAGE``).
 
 This model must describe the schema at the head revision.
 """
@@ -28,10 +33,16 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 __all__ = [
     "APPEND_ONLY_MESSAGE",
     "CHECKPOINTS_APPEND_ONLY_MESSAGE",
+    "CHECKPOINT_NOTES_APPEND_ONLY_MESSAGE",
+    "COSIGNATURES_APPEND_ONLY_MESSAGE",
     "Base",
+    "CheckpointNoteRow",
     "CheckpointRow",
+    "CosignatureRow",
     "EventRow",
+    "checkpoint_notes_table",
     "checkpoints_table",
+    "cosignatures_table",
     "events_table",
 ]
 
@@ -39,6 +50,8 @@ APPEND_ONLY_MESSAGE = "ledger events are append-only"
 """What the database's triggers say when they refuse an UPDATE, DELETE or TRUNCATE."""
 CHECKPOINTS_APPEND_ONLY_MESSAGE = "ledger checkpoints are append-only"
 """The same for the ``checkpoints`` table."""
+CHECKPOINT_NOTES_APPEND_ONLY_MESSAGE = "ledger checkpoint notes are append-only"
+COSIGNATURES_APPEND_ONLY_MESSAGE = "ledger cosignatures are append-only"
 
 
 class Base(DeclarativeBase):
@@ -91,5 +104,36 @@ class CheckpointRow(Base):
     """RFC 8785 bytes of the signed fields (``Checkpoint.signed_bytes``), as text."""
 
 
+class CheckpointNoteRow(Base):
+    """One signed checkpoint note (``ledger.checkpoint.Checkpoint.note``). Never changed."""
+
+    __tablename__ = "checkpoint_notes"
+    __table_args__ = (UniqueConstraint("tree_size", name="uq_checkpoint_notes_tree_size"),)
+
+    idx: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False
+    )
+    tree_size: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    root_hash: Mapped[str] = mapped_column(String(64))
+    note: Mapped[str] = mapped_column(Text)
+    """The signed note exactly (body, empty line, the log's signature line)."""
+
+
+class CosignatureRow(Base):
+    """A witness's cosignature/v1 line over checkpoint ``idx``. Never changed."""
+
+    __tablename__ = "cosignatures"
+
+    idx: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False
+    )
+    witness: Mapped[str] = mapped_column(String(), primary_key=True)
+    """``<witness key name>+<key hash hex>``."""
+    line: Mapped[str] = mapped_column(Text)
+    """The note signature line (``— <name> <base64>``), without its newline."""
+
+
 events_table = cast(Table, EventRow.__table__)
 checkpoints_table = cast(Table, CheckpointRow.__table__)
+checkpoint_notes_table = cast(Table, CheckpointNoteRow.__table__)
+cosignatures_table = cast(Table, CosignatureRow.__table__)

@@ -8,7 +8,8 @@ run as the admin who owns the ledger database:
    NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT; the password is sent
    SCRAM-hashed on the client (libpq ``PQencryptPasswordConn``), never in clear;
 3. grants CONNECT on the database, USAGE on the schema, SELECT and INSERT on
-   ``events`` and ``checkpoints`` and SELECT on ``alembic_version`` (the revision check on open);
+   ``events``, ``checkpoints``, ``checkpoint_notes`` and ``cosignatures`` and SELECT on
+   ``alembic_version`` (the revision check on open);
    revokes UPDATE, DELETE, TRUNCATE, REFERENCES and TRIGGER on both. No sequence
    is needed: the writer assigns ``global_seq`` itself, under an advisory lock
    that needs no privilege;
@@ -39,6 +40,8 @@ __all__ = ["APP_TABLE_PRIVILEGES", "check_privileges", "main", "provision"]
 
 APP_TABLE_PRIVILEGES = frozenset({"SELECT", "INSERT"})
 _TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
+_TABLES = "events, checkpoints, checkpoint_notes, cosignatures"
+"""The append-only tables the application role reads and inserts into."""
 _ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SCRAM = re.compile(r"SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+")
 
@@ -93,8 +96,8 @@ def _grant(conn: Connection, role: str, verifier: str) -> None:
         f"{verb} ROLE {role} WITH {attrs} PASSWORD '{verifier}'",
         f'GRANT CONNECT ON DATABASE "{db}" TO {role}',
         f"GRANT USAGE ON SCHEMA public TO {role}",
-        f"REVOKE ALL ON TABLE events, checkpoints, alembic_version FROM {role}",
-        f"GRANT SELECT, INSERT ON TABLE events, checkpoints TO {role}",
+        f"REVOKE ALL ON TABLE {_TABLES}, alembic_version FROM {role}",
+        f"GRANT SELECT, INSERT ON TABLE {_TABLES} TO {role}",
         f"GRANT SELECT ON TABLE alembic_version TO {role}",
     ):
         conn.exec_driver_sql(stmt)  # DDL: no bind parameters, nothing parsed for them

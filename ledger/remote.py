@@ -59,6 +59,7 @@ from ledger.interface import (
     VerifyReport,
 )
 from ledger.merkle import ProofInvalid
+from ledger.note import Cosignature
 from ledger.v1 import ledger_pb2 as pb
 from ledger.v1 import ledger_pb2_grpc as pb_grpc
 
@@ -157,8 +158,13 @@ def _stored(e: pb.Event, view: int) -> StoredEvent:
     )
 
 
-def _checkpoint(c: pb.Checkpoint) -> Checkpoint:
-    return Checkpoint(c.tree_size, c.root_hash, c.timestamp, c.key_id, c.signature)
+def _checkpoint(c: pb.Checkpoint) -> tuple[Checkpoint, list[Cosignature]]:
+    """The checkpoint note (the authority) with its cosignatures; the display fields must
+    agree with it."""
+    cp, cosigs = Checkpoint.decode_cosigned(c.note)
+    if (c.tree_size, c.root_hash, c.index) != (cp.tree_size, cp.root_hash, cp.index):
+        raise ProofInvalid("the checkpoint's fields disagree with its signed note")
+    return cp, cosigs
 
 
 def _error_info(err: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
@@ -441,6 +447,9 @@ class RemoteLedger:
         return self._events("Query", resp.events, resp.view)
 
     def _checkpoint(self, method: str, c: pb.Checkpoint) -> Checkpoint:
+        return self._cosigned(method, c)[0]
+
+    def _cosigned(self, method: str, c: pb.Checkpoint) -> tuple[Checkpoint, list[Cosignature]]:
         try:
             return _checkpoint(c)
         except ProofInvalid as e:
@@ -460,6 +469,19 @@ class RemoteLedger:
             "ListCheckpoints", pb.ListCheckpointsRequest(), pb.ListCheckpointsResponse
         )
         return [self._checkpoint("ListCheckpoints", c) for c in resp.checkpoints]
+
+    def cosignatures(self) -> dict[int, list[Cosignature]]:
+        """Witness cosignatures per checkpoint index, as the service stores them (parsed,
+        not verified: the caller verifies them with the witness keys it pins)."""
+        resp = self._call(
+            "ListCheckpoints", pb.ListCheckpointsRequest(), pb.ListCheckpointsResponse
+        )
+        out: dict[int, list[Cosignature]] = {}
+        for c in resp.checkpoints:
+            cp, cosigs = self._cosigned("ListCheckpoints", c)
+            if cosigs:
+                out[cp.index] = cosigs
+        return out
 
     def checkpoint(self, tree_size: int | None = None) -> Checkpoint | None:
         """The newest checkpoint, or the one of ``tree_size``; None if there is none."""
@@ -512,6 +534,7 @@ class RemoteLedger:
             witnessed_root=a.witnessed_root,
             unwitnessed_events=a.unwitnessed_events,
             key_id=a.key_id,
+            cosigned_size=a.cosigned_size,
         )
 
     def export(

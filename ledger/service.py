@@ -24,6 +24,7 @@ CLI's ``l7 ledger serve``); ``python -m ledger.service --ledger URL --addr ADDR
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import signal
@@ -32,7 +33,6 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -72,9 +72,11 @@ from ledger.errors import (
 from ledger.export import dump_export
 from ledger.interface import AuditableLedger, EventType, NewEvent, StoredEvent
 from ledger.merkle import ProofInvalid
+from ledger.note import Cosignature
 from ledger.store import SqlLedger
 from ledger.v1 import ledger_pb2 as pb
 from ledger.v1 import ledger_pb2_grpc as pb_grpc
+from ledger.witness_client import witness_endpoints
 
 __all__ = [
     "DOMAIN",
@@ -265,13 +267,15 @@ def _event_pb(ev: StoredEvent, *, payloads: bool) -> pb.Event:
     return out
 
 
-def _checkpoint_pb(cp: Checkpoint) -> pb.Checkpoint:
+def _checkpoint_pb(cp: Checkpoint, cosignatures: Sequence[Cosignature] = ()) -> pb.Checkpoint:
     return pb.Checkpoint(
         tree_size=cp.tree_size,
         root_hash=cp.root_hash,
         timestamp=cp.timestamp,
         key_id=cp.key_id,
-        signature=cp.signature,
+        signature=base64.b64encode(cp.signature.key_hash + cp.signature.signature).decode(),
+        note=cp.encode(cosignatures),
+        index=cp.index,
     )
 
 
@@ -485,9 +489,9 @@ class LedgerServicer(pb_grpc.LedgerServicer):
             doc = self.ledger.export(decision_ids=ids, since=since)
         except ValueError as e:  # a malformed since, or nothing matches
             raise _request_invalid(e, ("since", "decision_ids")) from e
-        cp = doc.get("checkpoint")
-        if isinstance(cp, dict):
-            self._seen([Checkpoint.from_dict(cp)])
+        notes = doc.get("checkpoints")
+        if isinstance(notes, list) and notes:
+            self._seen([Checkpoint.decode_cosigned(notes[-1])[0]])
         return pb.ExportResponse(document_json=dump_export(doc))
 
     # -- verification -------------------------------------------------------------------------
@@ -508,6 +512,7 @@ class LedgerServicer(pb_grpc.LedgerServicer):
                     witnessed_root=a.witnessed_root,
                     unwitnessed_events=a.unwitnessed_events,
                     key_id=a.key_id,
+                    cosigned_size=a.cosigned_size,
                 )
             )
         if request.mode not in (pb.VERIFY_MODE_UNSPECIFIED, pb.VERIFY_MODE_CHAINS):
@@ -540,7 +545,11 @@ class LedgerServicer(pb_grpc.LedgerServicer):
         self._reader(context)
         cps: list[Checkpoint] = list(self.ledger.checkpoints())
         self._seen(cps)
-        return pb.ListCheckpointsResponse(checkpoints=[_checkpoint_pb(c) for c in cps])
+        cosigs_fn = getattr(self.ledger, "cosignatures", None)
+        cosigs: dict[int, list[Cosignature]] = cosigs_fn() if callable(cosigs_fn) else {}
+        return pb.ListCheckpointsResponse(
+            checkpoints=[_checkpoint_pb(c, cosigs.get(c.index, ())) for c in cps]
+        )
 
     def GetInclusionProof(  # noqa: N802
         self, request: pb.GetInclusionProofRequest, context: grpc.ServicerContext
@@ -668,6 +677,48 @@ def serve(
     return 0
 
 
+def add_checkpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags for continuous, witnessed checkpoints (``python -m ledger.service`` and
+    ``l7 ledger serve``)."""
+    p.add_argument("--checkpoint-key", help="Ed25519 PEM private key (0600) to sign checkpoints")
+    p.add_argument("--origin", help="the log's origin line (default: layer7.local/ledger/<db>)")
+    p.add_argument(
+        "--checkpoint-every-s",
+        type=float,
+        default=1.0,
+        help="sign a checkpoint at least this often while events arrive (default 1)",
+    )
+    p.add_argument(
+        "--checkpoint-every-events",
+        type=int,
+        default=1000,
+        help="and as soon as this many events were appended since the last (default 1000)",
+    )
+    p.add_argument(
+        "--witness-url", action="append", default=[], help="a witness to cosign each checkpoint"
+    )
+    p.add_argument(
+        "--witness-key",
+        action="append",
+        default=[],
+        help="that witness's verifier key (vkey, or a file holding it); one per --witness-url",
+    )
+
+
+def checkpoint_options(a: argparse.Namespace) -> dict[str, Any]:
+    """SqlLedger options from ``add_checkpoint_arguments`` flags."""
+    opts: dict[str, Any] = {
+        "checkpoint_every_s": a.checkpoint_every_s,
+        "checkpoint_every_events": a.checkpoint_every_events,
+        "witnesses": witness_endpoints(a.witness_url, a.witness_key),
+    }
+    if a.checkpoint_key:
+        opts["checkpoint_signer"] = Ed25519CheckpointSigner.from_file(a.checkpoint_key)
+    if a.origin:
+        opts["origin"] = a.origin
+    return opts
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m ledger.service",
@@ -681,8 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="treat every caller as the writer 'local' with no authentication (tests only; "
         "'l7 ledger serve' authenticates callers with OIDC instead)",
     )
-    p.add_argument("--checkpoint-key", help="Ed25519 PEM private key (0600) to sign checkpoints")
-    p.add_argument("--witness", help="witness file each signed checkpoint is appended to")
+    add_checkpoint_arguments(p)
     a = p.parse_args(argv)
     if not a.insecure_allow_all:
         p.error(
@@ -690,13 +740,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "tests, or run 'l7 ledger serve', which verifies callers' tokens"
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    opts: dict[str, Any] = {}
     try:
-        if a.checkpoint_key:
-            opts["checkpoint_signer"] = Ed25519CheckpointSigner.from_file(a.checkpoint_key)
-        if a.witness:
-            opts["witness_path"] = Path(a.witness)
-        return serve(a.ledger, a.addr, AllowAll(), **opts)
+        return serve(a.ledger, a.addr, AllowAll(), **checkpoint_options(a))
     except (LedgerError, ValueError, OSError, TypeError) as e:
         print(f"ledger service: {e}", file=sys.stderr)
         return 2

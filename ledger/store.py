@@ -26,13 +26,17 @@ Beyond ``LedgerClient`` it implements ``AuditableLedger`` (DESIGN §4):
   hashes on first need, extended by the writer thread *after* each group commits
   (never before), and caught up from the database whenever it has more rows than
   the tree (another process appended). Proofs and checkpoints use it.
-* ``sign_checkpoint``: signs (``checkpoint_signer``) the tree head over the whole log,
-  stores it in ``checkpoints`` (append-only, revision 0002) under the write lock,
-  then appends it to the witness file (``witness_path``) if one is configured.
-* ``audit``: ``ledger.audit.verify_log`` over every row against the stored AND the
-  witnessed checkpoints (deduplicated by tree size; the two copies must agree), with
-  ``checkpoint_public_key`` (default: the signer's public key); plus
-  ``verify_dual_write`` when dual-write is on.
+* ``sign_checkpoint``: signs (``checkpoint_signer``) the tree head over the whole log as
+  a C2SP checkpoint note chained to the previous one (``ledger.checkpoint``), stores it
+  in ``checkpoint_notes`` (append-only, revision 0003) under the write lock, then sends
+  it to every configured witness (``witnesses``) and stores their cosignatures.
+* Continuous checkpoints: with a signer, a ``Checkpointer`` thread signs one at least
+  every ``checkpoint_every_s`` (default 1 s) while events arrive, and as soon as
+  ``checkpoint_every_events`` events were appended since the last one.
+* ``audit``: ``ledger.audit.verify_log`` over every row against the stored checkpoint
+  chain and cosignatures, with ``checkpoint_public_key`` (default: the signer's public
+  key) and ``witness_keys`` (default: the witnesses' keys); plus ``verify_dual_write``
+  when dual-write is on.
 * ``export``: ``ledger.export.build_export`` against the latest checkpoint.
 * ``dual_write="jsonl:///path"``: a group is confirmed only after the database commit
   AND the sink's fsync (``ledger.dualwrite``).
@@ -57,6 +61,7 @@ from typing import Any
 from sqlalchemy import LargeBinary, cast, func, select
 from sqlalchemy.engine import make_url
 
+from ledger._checkpoints import CheckpointLog
 from ledger._dberrors import db_errors
 from ledger._engine import make_engine, write_lock
 from ledger._fastwrite import FastSql
@@ -67,11 +72,11 @@ from ledger.canonical import canonical_body, chain_hash
 from ledger.checkpoint import (
     Checkpoint,
     CheckpointSigner,
-    Witness,
-    read_witness,
+    default_origin,
     verify_checkpoint,
 )
 from ledger.checkpoint import sign_checkpoint as _sign
+from ledger.checkpointer import Checkpointer
 from ledger.dualwrite import JsonlSink, verify_dual_write
 from ledger.errors import (
     DuplicateKey,
@@ -92,9 +97,11 @@ from ledger.interface import (
     VerifyReport,
 )
 from ledger.merkle import MerkleTree, ProofInvalid, event_leaf_hash
-from ledger.models import checkpoints_table, events_table
+from ledger.models import events_table
+from ledger.note import Cosignature, VerifierKey
 from ledger.schema import ensure_schema
 from ledger.verify import VerifyRow, verify_rows
+from ledger.witness_client import WitnessClient, WitnessEndpoint
 
 __all__ = ["QUERY_LIMIT_MAX", "SqlLedger", "WriterStats", "open_ledger"]
 
@@ -108,8 +115,6 @@ _VERIFY_CHUNK = 10_000
 _TREE_CHUNK = 50_000
 _IN_CHUNK = 500  # decision ids per IN (...) list
 _T = events_table.c
-_C = checkpoints_table.c
-_CHECKPOINT_COLS = (_C.tree_size, _C.root_hash, _C.timestamp, _C.key_id, _C.signature, _C.body)
 _STORED_COLS = (
     _T.event_id,
     _T.decision_id,
@@ -173,10 +178,6 @@ def _checkpoint_violation(
     )
 
 
-def _describe(cp: Checkpoint) -> str:
-    return f"root {cp.root_hash} at {cp.timestamp} by {cp.key_id}"
-
-
 class _InsertFailed(Exception):
     """The group's single insert failed and its transaction was rolled back."""
 
@@ -184,11 +185,17 @@ class _InsertFailed(Exception):
 class SqlLedger:
     """An AuditableLedger over a SQL database. Thread-safe; ``close()`` flushes pending writes.
 
-    ``checkpoint_signer`` signs checkpoints (``sign_checkpoint``, ``export``);
-    ``witness_path`` is the witness file each signed checkpoint is appended to and
-    ``audit`` reads; ``checkpoint_public_key`` (raw Ed25519, default: the signer's
-    ``public_key_raw``) verifies them; ``dual_write`` is a ``jsonl:///path`` sink URL.
+    ``checkpoint_signer`` signs checkpoints (continuously, and on ``sign_checkpoint`` /
+    ``export``) for the log ``origin`` (default: the stored chain's, else
+    ``layer7.local/ledger/<database name>``); ``witnesses`` cosign each one;
+    ``checkpoint_public_key`` (raw Ed25519, default: the signer's ``public_key_raw``) and
+    ``witness_keys`` (default: the witnesses') verify them; ``dual_write`` is a
+    ``jsonl:///path`` sink URL. ``checkpoint_every_s`` <= 0 turns continuous
+    checkpoints off (``sign_checkpoint`` still works).
     """
+
+    rows_are_local = True
+    """``iter_rows`` reads the database itself (a monitor may audit the rows here)."""
 
     def __init__(
         self,
@@ -198,8 +205,12 @@ class SqlLedger:
         busy_timeout_s: float = 2.0,
         create: bool = True,
         checkpoint_signer: CheckpointSigner | None = None,
-        witness_path: Path | None = None,
         checkpoint_public_key: bytes | None = None,
+        origin: str | None = None,
+        witnesses: Sequence[WitnessEndpoint] = (),
+        witness_keys: Sequence[VerifierKey] | None = None,
+        checkpoint_every_s: float = 1.0,
+        checkpoint_every_events: int = 1000,
         dual_write: str | None = None,
     ) -> None:
         self._url = url
@@ -211,8 +222,13 @@ class SqlLedger:
             raw = getattr(checkpoint_signer, "public_key_raw", None)
             checkpoint_public_key = raw if isinstance(raw, bytes) else None
         self._public_key = checkpoint_public_key
-        self._witness_path = Path(witness_path) if witness_path is not None else None
-        self._witness: Witness | None = None
+        self._origin = origin
+        self.witness_keys: list[VerifierKey] = (
+            list(witness_keys) if witness_keys is not None else [w.key for w in witnesses]
+        )
+        self._checkpoint_every_events = checkpoint_every_events
+        self._since_checkpoint = 0
+        self._checkpointer: Checkpointer | None = None
         self._tree: MerkleTree | None = None
         self._tree_lock = threading.Lock()  # guards the tree object (short holds only)
         self._sync_lock = threading.Lock()  # one catch-up from the database at a time
@@ -248,20 +264,29 @@ class SqlLedger:
                 self.schema_revision = ensure_schema(
                     self._rengine, self._wengine, create=create, where=self._where
                 )
-                if self._witness_path is not None and not self._witness_path.exists():
-                    try:  # created now, so a witness file that later goes missing was deleted
-                        Witness(self._witness_path)
-                    except OSError as e:
-                        raise LedgerUnavailable(
-                            f"cannot create the witness file {self._witness_path}: {e}"
-                        ) from e
                 self._sink = JsonlSink(dual_write) if dual_write is not None else None
             except BaseException:
                 self._wengine.dispose()
                 self._rengine.dispose()
                 raise
         self._fast = FastSql(self._wengine.dialect)
+        self._dbname = Path(parsed.database or "ledger").stem
+        self._cplog = CheckpointLog(
+            read=self._read,
+            wengine=self._wengine,
+            db_errors=self._db_errors,
+            witnesses=[WitnessClient(w) for w in witnesses],
+        )
         self._writer = GroupWriter(self._commit_group, name=f"ledger-writer:{parsed.database}")
+        if checkpoint_signer is not None and checkpoint_every_s > 0:
+            self._checkpointer = Checkpointer(
+                self,
+                every_s=checkpoint_every_s,
+                every_events=checkpoint_every_events,
+                poll_s=min(0.25, checkpoint_every_s),
+                size=self._head_size,
+            )
+            self._checkpointer.start()
 
     # -- the one place driver errors become ledger errors --------------------------------------
 
@@ -329,6 +354,11 @@ class SqlLedger:
                 raise LedgerUnavailable(sink.failed)
             results, rows = self._commit_db(batches)
             self._extend_tree(rows)  # after the commit: the tree never holds uncommitted events
+            if rows and self._checkpointer is not None:
+                self._since_checkpoint += len(rows)
+                if self._since_checkpoint >= self._checkpoint_every_events:
+                    self._since_checkpoint = 0
+                    self._checkpointer.nudge()
             if sink is not None and rows:
                 try:
                     sink.write(rows)
@@ -519,6 +549,10 @@ class SqlLedger:
     def count(self) -> int:
         return int(self._read(select(func.count()).select_from(events_table))[0][0])
 
+    def _head_size(self) -> int:
+        """max(global_seq): the log's size, from the primary key (cheap, unlike count)."""
+        return int(self._read(select(func.coalesce(func.max(_T.global_seq), 0)))[0][0])
+
     def query(
         self,
         *,
@@ -684,13 +718,28 @@ class SqlLedger:
 
     # -- checkpoints ---------------------------------------------------------------------------
 
-    def sign_checkpoint(self) -> Checkpoint:
-        """Sign the tree head over the whole log now, store it, witness it, return it.
+    def _origin_for(self, latest: Checkpoint | None) -> str:
+        if latest is not None:
+            if self._origin is not None and self._origin != latest.origin:
+                raise LedgerUnavailable(
+                    f"this ledger's checkpoints are for log {latest.origin!r}, but it was opened "
+                    f"with origin {self._origin!r}; open it with the log's own origin"
+                )
+            return latest.origin
+        return self._origin or default_origin(self._dbname)
 
-        If a checkpoint of this size (same root) or a larger one is already stored (another
-        process signed it), that one is returned instead. LedgerUnavailable without a
-        signer or when the signer fails; IntegrityViolation if a stored checkpoint of
-        this size has another root.
+    @property
+    def origin(self) -> str:
+        """The log's origin: the stored chain's, else the configured or default one."""
+        return self._origin_for(self._cplog.latest())
+
+    def sign_checkpoint(self) -> Checkpoint:
+        """Sign the tree head over the whole log now as the next checkpoint of the chain,
+        store it, have it cosigned by the witnesses, and return it.
+
+        If the newest stored checkpoint already covers the whole log, it is returned
+        instead. LedgerUnavailable without a signer or when the signer fails;
+        IntegrityViolation if the log no longer matches the newest stored checkpoint's size.
         """
         self._check_open()
         if self._signer is None:
@@ -699,137 +748,97 @@ class SqlLedger:
                 "SqlLedger(url, checkpoint_signer=...) to sign checkpoints"
             )
         with self._checkpoint_lock:
-            tree = self._sync_tree()
-            with self._tree_lock:
-                size = tree.size
-                root = tree.root(size)
-            try:
-                cp = _sign(size, root, self._signer, self._clock())
-            except Exception as e:
-                raise LedgerUnavailable(
-                    f"checkpoint signer {getattr(self._signer, 'key_id', '?')!r} failed "
-                    f"({type(e).__name__}: {e}); no checkpoint was stored"
-                ) from e
-            if self._public_key is not None:
+            for _attempt in range(5):
+                tree = self._sync_tree()
+                with self._tree_lock:
+                    size = tree.size
+                    root = tree.root(size)
+                latest = self._cplog.latest()
+                if latest is not None and latest.tree_size >= size:
+                    if latest.tree_size > size:
+                        raise _checkpoint_violation(
+                            "truncated",
+                            size + 1,
+                            f"at least {latest.tree_size} events (checkpoint {latest.index})",
+                            f"{size} events in the log",
+                        )
+                    if latest.root != root:
+                        raise _checkpoint_violation(
+                            "checkpoint_root_mismatch",
+                            1,
+                            f"root {latest.root_hash} (checkpoint {latest.index})",
+                            f"root {root.hex()} over the log's {size} events",
+                        )
+                    return latest
+                origin = self._origin_for(latest)
                 try:
-                    verify_checkpoint(cp, self._public_key)
-                except ProofInvalid as e:
+                    cp = _sign(size, root, self._signer, self._clock(), origin=origin, prev=latest)
+                except Exception as e:
                     raise LedgerUnavailable(
-                        "the checkpoint signer's signature does not verify with "
-                        f"checkpoint_public_key ({e}); fix the key configuration"
+                        f"checkpoint signer failed ({type(e).__name__}: {e}); no checkpoint "
+                        "was stored"
                     ) from e
-            stored = self._store_checkpoint(cp)
-            self._witness_append(stored)
-            return stored
-
-    def _store_checkpoint(self, cp: Checkpoint) -> Checkpoint:
-        row = {**cp.to_dict(), "body": cp.signed_bytes().decode("ascii")}
-        with self._db_errors(), self._wengine.connect() as conn, conn.begin():
-            write_lock(conn)
-            found = conn.execute(
-                select(*_CHECKPOINT_COLS).where(_C.tree_size >= cp.tree_size).order_by(_C.tree_size)
-            ).all()
-            if found:
-                same = self._checkpoint(found[0])
-                if same.tree_size == cp.tree_size and same.root_hash != cp.root_hash:
-                    raise _checkpoint_violation(
-                        "checkpoint_inconsistent",
-                        cp.tree_size,
-                        f"the stored checkpoint's {_describe(same)}",
-                        f"the log now gives {_describe(cp)}",
-                    )
-                return self._checkpoint(found[-1])
-            conn.execute(checkpoints_table.insert(), [row])
-        return cp
-
-    def _witness_append(self, cp: Checkpoint) -> None:
-        if self._witness_path is None:
-            return
-        try:
-            if self._witness is None:
-                self._witness = Witness(self._witness_path, public_key_raw=self._public_key)
-            last = self._witness.last
-            if last is not None and last.tree_size > cp.tree_size:
-                return  # a newer checkpoint is already witnessed
-            if last is not None and (last.tree_size, last.root_hash) == (
-                cp.tree_size,
-                cp.root_hash,
-            ):
-                return  # already witnessed
-            # (the same size with another root is refused by Witness.append: a fork)
-            self._witness.append(cp)
-        except OSError as e:
-            raise LedgerUnavailable(
-                f"checkpoint (tree_size {cp.tree_size}) is stored in the database but could "
-                f"not be written to the witness {self._witness_path}: {e}"
-            ) from e
-
-    @staticmethod
-    def _checkpoint(row: Any) -> Checkpoint:
-        """A stored row as a Checkpoint; its columns must agree with the signed body."""
-        size, root_hash, timestamp, key_id, signature, body = row
-        try:
-            cp = Checkpoint(int(size), root_hash, timestamp, key_id, signature)
-        except ProofInvalid as e:
-            raise _checkpoint_violation(
-                "checkpoint_malformed", int(size), "a well-formed stored checkpoint", str(e)
-            ) from e
-        if body != cp.signed_bytes().decode("ascii"):
-            raise _checkpoint_violation(
-                "checkpoint_body_mismatch",
-                cp.tree_size,
-                f"body {cp.signed_bytes().decode('ascii')!r} (from the columns)",
-                f"{body!r:.300}",
-            )
-        return cp
+                if self._public_key is not None:
+                    try:
+                        verify_checkpoint(cp, self._public_key)
+                    except ProofInvalid as e:
+                        raise LedgerUnavailable(
+                            "the checkpoint signer's signature does not verify with "
+                            f"checkpoint_public_key ({e}); fix the key configuration"
+                        ) from e
+                if self._cplog.append(cp, latest):
+                    break
+            else:
+                raise LedgerUnavailable(
+                    "the checkpoint chain kept moving (other writers signing); try again"
+                )
+            self._cplog.witness(cp, self.consistency_proof)
+            return cp
 
     def checkpoints(self) -> list[Checkpoint]:
-        """Every stored checkpoint, oldest first (IntegrityViolation for a malformed row)."""
-        rows = self._read(select(*_CHECKPOINT_COLS).order_by(_C.tree_size))
-        return [self._checkpoint(r) for r in rows]
+        """The stored checkpoint chain, oldest first (IntegrityViolation for a malformed row)."""
+        return self._cplog.checkpoints()
 
-    def _audit_checkpoints(self) -> list[Checkpoint]:
-        """Stored checkpoints united with the witnessed ones; the two must agree per size."""
-        merged = {cp.tree_size: cp for cp in self.checkpoints()}
-        if self._witness_path is None:
-            return list(merged.values())
-        try:
-            witnessed = read_witness(self._witness_path)
-        except FileNotFoundError as e:  # created on open: gone means deleted
-            raise _checkpoint_violation(
-                "witness_missing", 0, f"the witness file {self._witness_path}", "no such file"
-            ) from e
-        except ProofInvalid as e:
-            raise _checkpoint_violation(
-                "witness_malformed", 0, f"a well-formed witness file {self._witness_path}", str(e)
-            ) from e
-        for w in witnessed:
-            stored = merged.get(w.tree_size)
-            if stored is None:
-                merged[w.tree_size] = w
-            elif stored != w:
-                raise _checkpoint_violation(
-                    "checkpoint_conflict",
-                    w.tree_size,
-                    f"the witnessed checkpoint of tree_size {w.tree_size}: {_describe(w)} "
-                    f"({self._witness_path})",
-                    f"the database's {_describe(stored)}",
-                )
-        return sorted(merged.values(), key=lambda c: c.tree_size)
+    def cosignatures(self) -> dict[int, list[Cosignature]]:
+        """Stored witness cosignatures per checkpoint index (parsed, not verified)."""
+        return self._cplog.cosignatures()
 
-    def audit(self, progress: ProgressFn | None = None) -> AuditReport:
-        """``verify_log`` over every row against the stored and witnessed checkpoints, then
-        ``verify_dual_write`` if dual-write is on. Raises IntegrityViolation; ProofInvalid
-        when there is no checkpoint at all; LedgerUnavailable without a public key."""
+    @property
+    def witness_errors(self) -> dict[str, str]:
+        """The last error of each witness that failed (empty when all cosigned)."""
+        return dict(self._cplog.witness_errors)
+
+    def audit(
+        self,
+        progress: ProgressFn | None = None,
+        *,
+        require_witnessed: bool = False,
+        witnessed: Sequence[Checkpoint] = (),
+    ) -> AuditReport:
+        """``verify_log`` over every row against the stored checkpoint chain and
+        cosignatures (``witnessed``: checkpoints witnesses reported, already verified),
+        then ``verify_dual_write`` if dual-write is on. Raises IntegrityViolation;
+        ProofInvalid when there is no checkpoint at all; LedgerUnavailable without a
+        public key."""
         if self._public_key is None:
             raise LedgerUnavailable(
                 "no checkpoint public key is configured; open the ledger with "
                 "checkpoint_public_key=<raw Ed25519 key> (or a checkpoint_signer) to audit"
             )
-        checkpoints = self._audit_checkpoints()
+        checkpoints = self.checkpoints()
+        cosigs = self.cosignatures()
         horizon = self._dual_write_horizon()
         report = verify_log(
-            self.iter_rows(), checkpoints, self._public_key, total=self.count(), progress=progress
+            self.iter_rows(),
+            checkpoints,
+            self._public_key,
+            origin=self._origin,
+            cosignatures=cosigs,
+            witness_keys=self.witness_keys,
+            witnessed=witnessed,
+            require_witnessed=require_witnessed,
+            total=self.count(),
+            progress=progress,
         )
         if self._sink is not None:
             verify_dual_write(self, self._sink.path, upto=horizon)
@@ -869,9 +878,18 @@ class SqlLedger:
                 f"no events match decision_ids={list(decision_ids)!r:.200} since={since!r} "
                 f"within the checkpoint (tree_size {latest.tree_size})"
             )
+        chain = [cp for cp in self.checkpoints() if cp.index <= latest.index]
+        first = rows[0].global_seq
+        start = max((i for i, cp in enumerate(chain) if cp.tree_size < first), default=0)
         tree = self._sync_tree()
         with self._tree_lock:
-            return build_export(rows, tree, latest, public_key_raw=self._public_key)
+            return build_export(
+                rows,
+                tree,
+                chain[start:],
+                self.cosignatures(),
+                public_key_raw=self._public_key,
+            )
 
     def _export_rows(
         self, decision_ids: tuple[str, ...], since: str | None, upto: int
@@ -909,6 +927,8 @@ class SqlLedger:
         if self._closed:
             return
         self._writer.close()
+        if self._checkpointer is not None:
+            self._checkpointer.stop(final=True)  # covers what the writer just flushed
         self._closed = True
         if self._sink is not None:
             self._sink.close()
@@ -924,5 +944,5 @@ class SqlLedger:
 
 def open_ledger(url: str, *, create: bool = True, **options: Any) -> SqlLedger:
     """Open (and with ``create``, initialise) the ledger at ``url``; ``options`` go to
-    ``SqlLedger`` (checkpoint_signer, witness_path, checkpoint_public_key, dual_write...)."""
+    ``SqlLedger`` (checkpoint_signer, origin, witnesses, checkpoint_public_key, dual_write...)."""
     return SqlLedger(url, create=create, **options)

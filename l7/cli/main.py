@@ -22,6 +22,7 @@ from l7.cli.certs import add_certs_commands, add_tls_flag, tls_credentials, tls_
 from l7.cli.decision import add_replay_command
 from l7.cli.ledger_cmds import add_ledger_commands
 from l7.cli.trust import add_trust_commands, add_trust_flags, signed_ledger, trust_from_args
+from l7.cli.witness_cmds import add_witness_commands
 from l7.engine.state import fold_decision
 from l7.errors import ConfigError, L7Error, RequestInvalid
 from l7.identity import TokenVerifier
@@ -117,6 +118,39 @@ def _bao(a: argparse.Namespace) -> Any:
     return hvac.Client(url=a.bao_addr, token=token)
 
 
+def _checkpoint_config(a: argparse.Namespace) -> dict[str, Any]:
+    """StackConfig fields for continuous, witnessed checkpoints from ``l7 serve`` flags."""
+    from l7.cli.ledger_cmds import log_public_key
+    from ledger.witness_client import witness_endpoints
+
+    remote = a.ledger.startswith("grpc://")
+    try:
+        witnesses = tuple(witness_endpoints(a.witness_url, a.witness_key))
+    except (ValueError, OSError) as e:
+        raise ConfigError(str(e)) from e
+    out: dict[str, Any] = {
+        "witnesses": witnesses,
+        "checkpoint_every_s": a.checkpoint_every_s,
+        "checkpoint_every_events": a.checkpoint_every_events,
+        "local_witness": not remote and a.env == "local" and not a.no_local_witness,
+        "integrity_degraded_after_s": a.integrity_degraded_after_s,
+    }
+    if a.checkpoint_key:
+        if remote:
+            out["checkpoint_public_key"], origin = log_public_key(a.checkpoint_key)
+            out["origin"] = origin
+        else:
+            out["checkpoint_key"] = Path(a.checkpoint_key)
+    return out
+
+
+def _witness_line(stack: Stack) -> str:
+    if stack.witness is not None and stack.witness.vkey is not None:
+        return f"{stack.witness.url} ({stack.witness.vkey.encode()})"
+    n = len(stack.config.witnesses)
+    return f"{n} configured" if n else "none (checkpoints are not cosigned)"
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     from l7.secrets.envelope import Envelope
     from l7.secrets.refs import BaoSecretStore
@@ -141,6 +175,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
             work_dir=Path(a.work_dir),
             trust_file=Path(a.trust_file) if a.trust_file else None,
             tier_key=Path(a.tier_key) if a.tier_key else None,
+            **_checkpoint_config(a),
         )
     )
     stack.start()
@@ -156,6 +191,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
         f"  identity      : {a.oidc_issuer or 'none (Decide unauthenticated; approvals refused)'}\n"
         f"  mTLS          : {a.tls_dir or 'off (plaintext loopback)'}\n"
         f"  grant key     : {stack.grant_public_key_path} (give it to l7 gateway serve)\n"
+        f"  checkpoints   : {stack.checkpoint_vkey or 'signed by the ledger service'}\n"
+        f"  witness       : {_witness_line(stack)}\n"
         f"Try it (in another shell):\n"
         f"  .venv/bin/l7 decide --target {stack.target} examples/requests/read-dev.json\n"
         f"Ctrl-C stops.",
@@ -361,6 +398,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--integrity-every-s", type=float, default=300.0, help="re-verify the ledger (0: off)"
     )
     sp.add_argument(
+        "--integrity-degraded-after-s",
+        type=float,
+        help="deny governed actions (ledger_degraded) when no integrity check completed for "
+        "this long (default: three intervals)",
+    )
+    sp.add_argument(
+        "--checkpoint-key",
+        help="in-process ledger: its Ed25519 checkpoint key (created if missing; default "
+        ".build/keys/checkpoint.pem); grpc:// ledger: the service's checkpoint public key "
+        "(PEM or vkey) the integrity monitor verifies with",
+    )
+    sp.add_argument("--checkpoint-every-s", type=float, default=1.0)
+    sp.add_argument("--checkpoint-every-events", type=int, default=1000)
+    sp.add_argument(
+        "--witness-url", action="append", default=[], help="a witness cosigning checkpoints"
+    )
+    sp.add_argument(
+        "--witness-key", action="append", default=[], help="that witness's vkey (or a file)"
+    )
+    sp.add_argument(
+        "--no-local-witness",
+        action="store_true",
+        help="do not start the local witness process (started by default with --env local)",
+    )
+    sp.add_argument(
         "--opa-restart-s",
         type=float,
         default=2.0,
@@ -402,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay_command(dsub, ledger_flag)
 
     add_ledger_commands(sub, ledger_flag)
+    add_witness_commands(sub)
 
     sp = sub.add_parser("bundle", help="build, verify or promote signed policy bundles")
     bsub = sp.add_subparsers(dest="bundle_cmd", required=True, metavar="SUBCOMMAND")

@@ -269,6 +269,9 @@ class Engine:
     ) -> tuple[Judgement | None, str, tuple[str, ...], dict[str, Any] | None]:
         """Policy's judgement, or None with the reason policy was not (or could not be) asked;
         last, the exact input policy judged (recorded for ``l7 decision replay``)."""
+        blind = self.restriction.degraded()
+        if blind is not None:
+            return None, LedgerDegraded.reason, (blind,), None
         restricted = self.restriction.state()
         if restricted.active:
             return (

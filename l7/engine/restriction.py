@@ -4,12 +4,18 @@ The state is a ledger stream of its own (``restriction/ledger``) so every engine
 gateway process sees the same answer: the last ``anomaly.detected`` in it with kind
 ``restriction_entered`` or ``restriction_cleared`` decides. Entering is automatic (the
 integrity monitor); clearing needs an L4+ identity and a reason, and is recorded too.
+
+``health`` (set by the host to the integrity monitor's ``degraded``) reports a monitor
+that has not completed a check for too long: then ``degraded()`` gives the reason, the
+engine denies governed actions with ``ledger_degraded`` and ``state()`` raises
+LedgerDegraded, so every other reader (the gateway) refuses too.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from l7.errors import Forbidden, LedgerDegraded, LedgerIntegrityFailed, RequestInvalid
@@ -38,8 +44,18 @@ class Restriction:
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
         self._cached: tuple[float, RestrictionState] | None = None
+        self.health: Callable[[], str | None] | None = None
+        """Why the ledger cannot be trusted now (monitor blind too long), or None."""
+
+    def degraded(self) -> str | None:
+        """The reason governed actions are denied ``ledger_degraded``, or None."""
+        health = self.health
+        return health() if health is not None else None
 
     def state(self) -> RestrictionState:
+        why = self.degraded()
+        if why is not None:
+            raise LedgerDegraded(why)
         with self._lock:
             if self._cached and time.monotonic() - self._cached[0] < self.ttl_s:
                 return self._cached[1]

@@ -11,17 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from l7.client import GovernanceClient, RemoteError
 from l7.gateway.client import GatewayClient
 from l7.server.convert import request_to_proto
 from l7.stack import Stack, StackConfig
-from ledger import SqlLedger, open_ledger
+from ledger import EventType, NewEvent, SqlLedger, open_ledger
 from ledger.access import Reader, StaticTokens
-from ledger.checkpoint import save_private_key
+from ledger.note import VerifierKey
 from ledger.service import create_ledger_server
+from ledger.witness import WitnessProcess
 from tests.conftest import REPO, request
 
 pytestmark = pytest.mark.integration
@@ -120,46 +119,63 @@ def _l7(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_export_of_one_decision_verifies_offline_and_one_byte_breaks_it(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    cfg = StackConfig(ledger_url=url, work_dir=tmp_path / "w", sweep_interval_s=0)
+    work = tmp_path / "w"
+    # The stack's in-process ledger signs continuous checkpoints; one witness process
+    # (as make run starts) cosigns them.
+    cfg = StackConfig(ledger_url=url, work_dir=work, sweep_interval_s=0, local_witness=True)
     with Stack(cfg) as s, GovernanceClient(s.target) as c:
         ids = [c.decide(request(target=("dataset", f"d{i}")))["decision_id"] for i in range(3)]
-    key = Ed25519PrivateKey.generate()
-    save_private_key(tmp_path / "cp.pem", key)
-    pub = tmp_path / "cp.pub"
-    pub.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    out = tmp_path / "pack.json"
-    witness = str(tmp_path / "w.jsonl")
-    r = _l7("ledger", "export", "--ledger", url, "--decision", ids[1], "--out", str(out),
-            "--checkpoint-key", str(tmp_path / "cp.pem"), "--witness", witness)  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    doc = json.loads(out.read_text())
-    assert {json.loads(e["body"])["decision_id"] for e in doc["events"]} == {ids[1]}
-    ok = _l7("ledger", "verify", "--export", str(out), "--checkpoint-key", str(pub))
-    assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.startswith("OK:")
-    raw = bytearray(out.read_bytes())
-    i = raw.index(b'"hash"') + 12  # a byte inside the first event's hash
-    raw[i] = ord("0") if raw[i] != ord("0") else ord("1")
-    out.write_bytes(bytes(raw))
-    bad = _l7("ledger", "verify", "--export", str(out), "--checkpoint-key", str(pub))
-    assert bad.returncode == 1
-    assert "FAILED" in bad.stderr
-    # The online audit passes against the checkpoint the export signed and witnessed.
-    led = open_ledger(url, checkpoint_public_key=key.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw),
-        witness_path=tmp_path / "w.jsonl")  # fmt: skip
+        assert s.witness is not None and s.witness.vkey is not None and s.checkpoint_vkey
+        log_vkey, witness_vkey = s.checkpoint_vkey, s.witness.vkey.encode()
+        # the witness outlives the stack for the CLI below: start our own on its state
+    witness = WitnessProcess(work / "witness" / "local", [VerifierKey.decode(log_vkey)],
+                             name="layer7.local/witness/local").start()  # fmt: skip
     try:
-        assert led.audit().witnessed_size >= 1
+        assert witness.vkey is not None and witness.vkey.encode() == witness_vkey
+        out = tmp_path / "pack.json"
+        r = _l7("ledger", "export", "--ledger", url, "--decision", ids[1], "--out", str(out),
+                "--checkpoint-key", str(work / "keys" / "checkpoint.pem"),
+                "--witness-url", witness.url, "--witness-key", witness_vkey)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert log_vkey in r.stdout
+        doc = json.loads(out.read_text())
+        assert {json.loads(e["body"])["decision_id"] for e in doc["events"]} == {ids[1]}
+        ok = _l7("ledger", "verify", "--export", str(out), "--checkpoint-key", log_vkey,
+                 "--witness", witness_vkey)  # fmt: skip
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.startswith("OK:") and witness.vkey.key_id in ok.stdout
+        # --witness is honoured with --export: a key that cosigned nothing fails it ...
+        other = VerifierKey("layer7.local/witness/other", 4, bytes(32)).encode()
+        no = _l7("ledger", "verify", "--export", str(out), "--checkpoint-key", log_vkey,
+                 "--witness", other)  # fmt: skip
+        assert no.returncode == 1 and "unwitnessed_events" in no.stderr
+        # ... and a file that is not a witness key is refused, not ignored.
+        junk = tmp_path / "junk"
+        junk.write_text("this is not a witness")
+        bad_key = _l7("ledger", "verify", "--export", str(out), "--checkpoint-key", log_vkey,
+                      "--witness", str(junk))  # fmt: skip
+        assert bad_key.returncode == 2, bad_key.stdout
+        raw = bytearray(out.read_bytes())
+        i = raw.index(b'"hash"') + 12  # a byte inside the first event's hash
+        raw[i] = ord("0") if raw[i] != ord("0") else ord("1")
+        out.write_bytes(bytes(raw))
+        bad = _l7("ledger", "verify", "--export", str(out), "--checkpoint-key", log_vkey)
+        assert bad.returncode == 1
+        assert "FAILED" in bad.stderr
+        # Online, with public keys only: every event is under a cosigned checkpoint.
+        audit = _l7("ledger", "verify", "--ledger", url, "--checkpoint-key", log_vkey,
+                    "--witness", witness_vkey, "--witness-url", witness.url,
+                    "--require-witnessed", "--work-dir", str(work))  # fmt: skip
+        assert audit.returncode == 0, audit.stderr
+        # An event appended and never checkpointed is beyond the witnessed checkpoint.
+        with open_ledger(url, checkpoint_every_s=0) as led:
+            led.append([NewEvent("late", EventType.DECISION_CREATED, "x", "pv", {})])
+        late = _l7("ledger", "verify", "--ledger", url, "--checkpoint-key", log_vkey,
+                   "--witness", witness_vkey, "--require-witnessed",
+                   "--work-dir", str(work))  # fmt: skip
+        assert late.returncode == 1 and "unwitnessed_events" in late.stderr
     finally:
-        led.close()
-    audit = _l7("ledger", "verify", "--ledger", url, "--checkpoint-key", str(pub),
-                "--witness", str(tmp_path / "w.jsonl"),
-                "--work-dir", str(tmp_path / "w"))  # fmt: skip
-    assert audit.returncode == 0, audit.stderr
+        witness.stop()
 
 
 def test_the_ledger_service_lets_each_tier_append_only_what_it_owns_and_signs(

@@ -1,10 +1,12 @@
-"""Auditing the global log against witnessed checkpoints.
+"""Auditing the global log against the signed, chained, cosigned checkpoints.
 
 Each tampering below keeps every stream's chain valid (``verify_rows`` passes),
 so only the signed Merkle checkpoints can catch it: a deleted whole stream with
 global_seq renumbered, a cut tail, a history rewritten with recomputed chain
 hashes, two events of different streams swapped in global order, and a rewrite
-re-signed with the checkpoint key but contradicting earlier witnessed heads.
+re-signed with the checkpoint key but contradicting earlier witnessed heads. Then the
+chain itself (a deleted or replaced checkpoint), witness cosignatures, a witness's view
+of a longer or different log, and ``require_witnessed``.
 
 Logs are built in memory with ``canonical_body`` / ``chain_hash``: three streams
 dealt round-robin, so global_seq 1, 4, 7, ... is dec-A, 2, 5, 8, ... is dec-B.
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger import (
     GENESIS_HASH,
@@ -32,12 +35,15 @@ from ledger import (
     verify_rows,
 )
 from ledger.audit import verify_log
-from ledger.checkpoint import Checkpoint, Ed25519CheckpointSigner, Witness, sign_checkpoint
+from ledger.checkpoint import Checkpoint, Ed25519CheckpointSigner, sign_checkpoint
 from ledger.merkle import MerkleTree, ProofInvalid
+from ledger.note import ALG_COSIGNATURE_V1, Cosignature, VerifierKey, cosign
 
 AT = "2026-11-25T20:44:12.123456Z"
 NOW = datetime(2026, 11, 25, 21, 0, tzinfo=UTC)
 STREAMS = ("dec-A", "dec-B", "dec-C")
+ORIGIN = "layer7.local/ledger/test"
+WITNESS = "layer7.local/witness/test"
 
 
 def make_log(order: Sequence[str], *, tag: str = "orig") -> list[VerifyRow]:
@@ -82,13 +88,21 @@ def renumber(rows: Sequence[VerifyRow]) -> list[VerifyRow]:
 
 
 def checkpoints_for(
-    rows: Sequence[tuple[Any, ...]], sizes: Sequence[int], signer: Ed25519CheckpointSigner
+    rows: Sequence[tuple[Any, ...]],
+    sizes: Sequence[int],
+    signer: Ed25519CheckpointSigner,
+    *,
+    prev: Checkpoint | None = None,
 ) -> list[Checkpoint]:
+    """A chain of checkpoints at ``sizes`` over ``rows``, continuing after ``prev``."""
     tree = MerkleTree.from_event_hashes(VerifyRow(*r).hash for r in rows)
-    return [
-        sign_checkpoint(s, tree.root(s), signer, NOW + timedelta(minutes=i))
-        for i, s in enumerate(sizes)
-    ]
+    out: list[Checkpoint] = []
+    for i, s in enumerate(sizes):
+        prev = sign_checkpoint(
+            s, tree.root(s), signer, NOW + timedelta(minutes=i), origin=ORIGIN, prev=prev
+        )
+        out.append(prev)
+    return out
 
 
 ORDER = [STREAMS[i % 3] for i in range(15)]  # 5 events per stream, interleaved
@@ -105,14 +119,23 @@ def log() -> list[VerifyRow]:
 
 
 @pytest.fixture
-def witnessed(
-    tmp_path: Path, log: list[VerifyRow], signer: Ed25519CheckpointSigner
-) -> list[Checkpoint]:
-    """Checkpoints at sizes 1, 6 and 15, recorded in (and read back from) a witness file."""
-    w = Witness(tmp_path / "witness.jsonl", public_key_raw=signer.public_key_raw)
-    for cp in checkpoints_for(log, (1, 6, 15), signer):
-        w.append(cp)
-    return Witness.read_all(w.path)
+def witnessed(log: list[VerifyRow], signer: Ed25519CheckpointSigner) -> list[Checkpoint]:
+    """The chain of checkpoints 0, 1, 2 at sizes 1, 6 and 15 (through their note text)."""
+    return [Checkpoint.decode(c.note) for c in checkpoints_for(log, (1, 6, 15), signer)]
+
+
+@pytest.fixture
+def witness_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture
+def wkey(witness_key: Ed25519PrivateKey) -> VerifierKey:
+    return VerifierKey.for_private(WITNESS, ALG_COSIGNATURE_V1, witness_key)
+
+
+def cosigs(cps: Sequence[Checkpoint], key: Ed25519PrivateKey) -> dict[int, list[Cosignature]]:
+    return {c.index: [cosign(c.body, WITNESS, key, 1_700_000_000 + c.index)] for c in cps}
 
 
 def test_untampered_log_passes(
@@ -124,7 +147,8 @@ def test_untampered_log_passes(
     assert report.witnessed_root == witnessed[-1].root_hash
     assert report.unwitnessed_events == 0
     assert report.head_hash == log[-1].hash
-    assert report.key_id == signer.key_id
+    assert report.key_id == witnessed[-1].key_id
+    assert report.key_id.startswith(ORIGIN + "+")
 
 
 def test_events_after_the_newest_checkpoint_are_counted(
@@ -152,8 +176,9 @@ def test_delete_whole_stream_with_only_the_final_checkpoint(
     log: list[VerifyRow], witnessed: list[Checkpoint], signer: Ed25519CheckpointSigner
 ) -> None:
     tampered = renumber([r for r in log if r.decision_id != "dec-B"])
+    only = checkpoints_for(log, (15,), signer)
     with pytest.raises(IntegrityViolation, match=r"\(truncated\).*5 missing") as exc:
-        verify_log(tampered, witnessed[-1:], signer.public_key_raw)
+        verify_log(tampered, only, signer.public_key_raw)
     assert exc.value.global_seq == 11
 
 
@@ -229,7 +254,7 @@ def test_rewrite_resigned_with_the_key_contradicts_witnessed_heads(
         for r in log
     ]
     tampered = rechain(events)
-    resigned = checkpoints_for(tampered, (15,), signer)[0]
+    resigned = checkpoints_for(tampered, (15,), signer, prev=witnessed[1])[0]
     with pytest.raises(IntegrityViolation) as exc:
         verify_log(tampered, [*witnessed[:2], resigned], signer.public_key_raw)
     e = exc.value
@@ -241,19 +266,41 @@ def test_rewrite_resigned_with_the_key_contradicts_witnessed_heads(
 def test_forged_checkpoint_signature(
     log: list[VerifyRow], witnessed: list[Checkpoint], signer: Ed25519CheckpointSigner
 ) -> None:
-    other = Ed25519CheckpointSigner.generate(key_id=signer.key_id)
-    forged = checkpoints_for(log, (15,), other)[0]
+    other = Ed25519CheckpointSigner.generate()
+    forged = checkpoints_for(log, (15,), other, prev=witnessed[1])[0]
     with pytest.raises(IntegrityViolation) as exc:
         verify_log(log, [*witnessed[:2], forged], signer.public_key_raw)
     assert exc.value.what == "checkpoint_signature"
     assert exc.value.global_seq == 15
 
 
+def test_a_deleted_checkpoint_breaks_the_chain(
+    log: list[VerifyRow], witnessed: list[Checkpoint], signer: Ed25519CheckpointSigner
+) -> None:
+    with pytest.raises(IntegrityViolation) as exc:
+        verify_log(log, [witnessed[0], witnessed[2]], signer.public_key_raw)
+    assert exc.value.what == "checkpoint_missing"
+    assert "checkpoints 1..1 were deleted" in exc.value.actual
+    with pytest.raises(IntegrityViolation, match=r"checkpoint_missing.*0\.\.0 were deleted"):
+        verify_log(log, witnessed[1:], signer.public_key_raw)
+
+
+def test_a_replaced_checkpoint_breaks_the_chain(
+    log: list[VerifyRow], witnessed: list[Checkpoint], signer: Ed25519CheckpointSigner
+) -> None:
+    # Checkpoint 1 re-signed for another size: checkpoint 2 still names the original.
+    other = checkpoints_for(log, (7,), signer, prev=witnessed[0])[0]
+    with pytest.raises(IntegrityViolation) as exc:
+        verify_log(log, [witnessed[0], other, witnessed[2]], signer.public_key_raw)
+    assert exc.value.what == "checkpoint_chain_broken"
+    assert "the predecessor was replaced" in exc.value.actual
+
+
 def test_checkpoints_going_backwards(
     log: list[VerifyRow], witnessed: list[Checkpoint], signer: Ed25519CheckpointSigner
 ) -> None:
-    with pytest.raises(IntegrityViolation, match="checkpoint_inconsistent"):
-        verify_log(log, [witnessed[2], witnessed[1]], signer.public_key_raw)
+    with pytest.raises(IntegrityViolation, match="checkpoint_missing|checkpoint_chain_broken"):
+        verify_log(log, [witnessed[0], witnessed[2], witnessed[1]], signer.public_key_raw)
 
 
 def test_stream_tampering_is_still_named_by_verify_rows(
@@ -288,10 +335,89 @@ def test_audit_of_a_sqlite_ledger(tmp_path: Path, signer: Ed25519CheckpointSigne
         "policy_version, unique_key, prev_hash, hash, CAST(body AS BLOB) FROM events "
         "ORDER BY global_seq"
     ).fetchall()
-    cps = checkpoints_for(rows, (4, 9), signer)
+    cps = checkpoints_for(rows, (4, 9), signer)  # type: ignore[arg-type]
     assert verify_log(rows, cps, signer.public_key_raw).events == 9
     # Delete the middle stream (g 4..6) and renumber, as someone with the file could.
     tampered = [(g, *r[1:]) for g, r in enumerate((r for r in rows if r[1] != "dec-B"), 1)]
     with pytest.raises(IntegrityViolation, match=r"checkpoint_root_mismatch.*global_seq 1\.\.4"):
         verify_log(tampered, cps, signer.public_key_raw)
     con.close()
+
+
+def test_cosignatures_count_and_a_bad_one_fails(
+    log: list[VerifyRow],
+    witnessed: list[Checkpoint],
+    signer: Ed25519CheckpointSigner,
+    witness_key: Ed25519PrivateKey,
+    wkey: VerifierKey,
+) -> None:
+    cs = cosigs(witnessed[:2], witness_key)
+    report = verify_log(log, witnessed, signer.public_key_raw, cosignatures=cs, witness_keys=[wkey])
+    assert (report.cosigned_size, report.cosignatures) == (6, 2)
+    # A cosignature of checkpoint 0 moved to checkpoint 1 does not verify there.
+    moved = {1: cs[0]}
+    with pytest.raises(IntegrityViolation, match="cosignature_invalid") as exc:
+        verify_log(log, witnessed, signer.public_key_raw, cosignatures=moved, witness_keys=[wkey])
+    assert exc.value.global_seq == 6
+
+
+def test_require_witnessed_fails_beyond_the_newest_cosigned_checkpoint(
+    log: list[VerifyRow],
+    witnessed: list[Checkpoint],
+    signer: Ed25519CheckpointSigner,
+    witness_key: Ed25519PrivateKey,
+    wkey: VerifierKey,
+) -> None:
+    cs = cosigs(witnessed[:2], witness_key)
+    with pytest.raises(IntegrityViolation) as exc:
+        verify_log(
+            log,
+            witnessed,
+            signer.public_key_raw,
+            cosignatures=cs,
+            witness_keys=[wkey],
+            require_witnessed=True,
+        )
+    assert exc.value.what == "unwitnessed_events"
+    assert exc.value.global_seq == 7
+    assert "9 events lie beyond it" in exc.value.actual
+    everything = cosigs(witnessed, witness_key)
+    report = verify_log(
+        log,
+        witnessed,
+        signer.public_key_raw,
+        cosignatures=everything,
+        witness_keys=[wkey],
+        require_witnessed=True,
+    )
+    assert report.cosigned_size == 15
+
+
+def test_a_tail_cut_below_the_witnessed_size_is_truncation(
+    log: list[VerifyRow], witnessed: list[Checkpoint], signer: Ed25519CheckpointSigner
+) -> None:
+    # The insider cut the events AND the checkpoints past size 6; the witness still has 15.
+    with pytest.raises(IntegrityViolation) as exc:
+        verify_log(log[:6], witnessed[:2], signer.public_key_raw, witnessed=[witnessed[2]])
+    assert exc.value.what == "checkpoint_missing"
+    assert "its newest checkpoints were deleted" in exc.value.actual
+    # Only the events cut (the chain kept): truncated below the witnessed size.
+    with pytest.raises(IntegrityViolation, match=r"\(truncated\).*at least 15 events"):
+        verify_log(log[:12], witnessed, signer.public_key_raw, witnessed=[witnessed[2]])
+
+
+def test_a_fork_against_the_witnessed_checkpoint(
+    log: list[VerifyRow], witnessed: list[Checkpoint], signer: Ed25519CheckpointSigner
+) -> None:
+    # The key holder rewrote history and re-signed a chain from scratch; the witness kept
+    # the original checkpoint 2.
+    forked_log = make_log(ORDER, tag="forked")
+    forked = checkpoints_for(forked_log, (1, 6, 15), signer)
+    with pytest.raises(IntegrityViolation) as exc:
+        verify_log(forked_log, forked, signer.public_key_raw, witnessed=[witnessed[2]])
+    assert exc.value.what == "witness_fork"
+    assert "(replaced)" in exc.value.actual
+    # Even with the chain cut back to before the witnessed one, the witness's head wins.
+    with pytest.raises(IntegrityViolation) as exc2:
+        verify_log(forked_log, forked[:2], signer.public_key_raw, witnessed=[witnessed[2]])
+    assert exc2.value.what in {"checkpoint_missing", "checkpoint_inconsistent", "witness_fork"}

@@ -1,36 +1,48 @@
-"""Signed checkpoints: canonical bytes, Ed25519 signatures, strict parsing, the witness file."""
+"""Checkpoints as C2SP signed notes: exact bytes, key hashes, strict parsing, the chain,
+and cosignature/v1."""
 
 from __future__ import annotations
 
 import base64
-import json
+import hashlib
 import os
 import stat
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.checkpoint import (
     Checkpoint,
     Ed25519CheckpointSigner,
-    Witness,
-    key_id_for,
+    check_chain,
+    default_origin,
     load_private_key,
+    log_key,
     public_key_raw,
-    read_witness,
     save_private_key,
     sign_checkpoint,
+    verify_chain,
     verify_checkpoint,
 )
 from ledger.errors import IntegrityViolation
 from ledger.merkle import ProofInvalid
+from ledger.note import (
+    ALG_COSIGNATURE_V1,
+    ALG_ED25519,
+    Cosignature,
+    VerifierKey,
+    cosign,
+    cosignature_message,
+    parse_note,
+    verify_cosignature,
+)
 
 NOW = datetime(2026, 11, 25, 20, 44, 12, 123456, tzinfo=UTC)
 ROOT = "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328"
+ROOT_B64 = base64.b64encode(bytes.fromhex(ROOT)).decode()
+ORIGIN = "layer7.local/ledger/test"
 
 
 @pytest.fixture
@@ -38,135 +50,169 @@ def signer() -> Ed25519CheckpointSigner:
     return Ed25519CheckpointSigner.generate()
 
 
-def test_signed_bytes_are_jcs_of_the_explicit_fields(signer: Ed25519CheckpointSigner) -> None:
-    cp = sign_checkpoint(8, ROOT, signer, NOW)
-    assert cp.timestamp == "2026-11-25T20:44:12.123456Z"
-    assert cp.signed_bytes() == rfc8785.dumps(
-        {
-            "type": "l7.ledger.checkpoint",
-            "version": 1,
-            "tree_size": 8,
-            "root_hash": ROOT,
-            "timestamp": "2026-11-25T20:44:12.123456Z",
-            "key_id": signer.key_id,
-        }
+def _chain(signer: Ed25519CheckpointSigner, *sizes: int) -> list[Checkpoint]:
+    out: list[Checkpoint] = []
+    for i, s in enumerate(sizes):
+        prev = out[-1] if out else None
+        out.append(
+            sign_checkpoint(
+                s, f"{s:064x}", signer, NOW + timedelta(seconds=i), origin=ORIGIN, prev=prev
+            )
+        )
+    return out
+
+
+def test_note_bytes_are_the_c2sp_checkpoint_with_l7_extension_lines(
+    signer: Ed25519CheckpointSigner,
+) -> None:
+    first = sign_checkpoint(
+        5, "00" * 32, signer, NOW - timedelta(seconds=1), origin=ORIGIN, prev=None
     )
-    assert cp.signed_bytes().startswith(b'{"key_id":')
-    assert verify_checkpoint(cp, signer.public_key_raw) is cp
-    assert cp.root == bytes.fromhex(ROOT)
+    cp = sign_checkpoint(8, ROOT, signer, NOW, origin=ORIGIN, prev=first)
+    prev_b64 = base64.b64encode(bytes(32)).decode()
+    assert cp.body == (
+        f"{ORIGIN}\n8\n{ROOT_B64}\nl7.index 1\nl7.prev 0 5 {prev_b64}\n"
+        "l7.time 2026-11-25T20:44:12.123456Z\n"
+    )
+    assert first.body.endswith("l7.index 0\nl7.time 2026-11-25T20:44:11.123456Z\n")
+    # The signature line: "— <origin> base64(key hash || Ed25519(body))", after an empty line.
+    pub = signer.public_key_raw
+    kh = hashlib.sha256(ORIGIN.encode() + b"\n\x01" + pub).digest()[:4]
+    text, sig_line = cp.note.split("\n\n")
+    assert text + "\n" == cp.body
+    assert sig_line.startswith(f"\u2014 {ORIGIN} ") and sig_line.endswith("\n")
+    raw = base64.b64decode(sig_line.split(" ")[2])
+    assert raw[:4] == kh and len(raw) == 68
+    assert verify_checkpoint(cp, pub, origin=ORIGIN) is cp
+    assert Checkpoint.decode(cp.note) == cp
+    assert cp.key_id == f"{ORIGIN}+{kh.hex()}"
+
+
+def test_vkey_is_the_sumdb_note_verifier_key_string(signer: Ed25519CheckpointSigner) -> None:
+    vk = log_key(ORIGIN, signer.public_key_raw)
+    name, hash_hex, key_b64 = vk.encode().split("+", 2)
+    assert name == ORIGIN
+    assert base64.b64decode(key_b64) == b"\x01" + signer.public_key_raw
+    assert (
+        hash_hex
+        == hashlib.sha256(ORIGIN.encode() + b"\n\x01" + signer.public_key_raw).digest()[:4].hex()
+    )
+    assert VerifierKey.decode(vk.encode()) == vk
+    with pytest.raises(ProofInvalid, match="does not match its name and key"):
+        VerifierKey.decode(f"other.origin+{hash_hex}+{key_b64}")
 
 
 def test_timestamp_is_converted_to_utc_and_naive_refused(signer: Ed25519CheckpointSigner) -> None:
     plus2 = timezone(timedelta(hours=2))
-    cp = sign_checkpoint(1, ROOT, signer, datetime(2026, 1, 1, 2, 0, tzinfo=plus2))
-    assert cp.timestamp == "2026-01-01T00:00:00.000000Z"
+    cp = sign_checkpoint(1, ROOT, signer, NOW.astimezone(plus2), origin=ORIGIN, prev=None)
+    assert cp.timestamp == "2026-11-25T20:44:12.123456Z"
     with pytest.raises(ValueError, match="timezone-aware"):
-        sign_checkpoint(1, ROOT, signer, datetime(2026, 1, 1))
+        sign_checkpoint(1, ROOT, signer, NOW.replace(tzinfo=None), origin=ORIGIN, prev=None)
 
 
-def test_key_id_defaults_to_fingerprint_and_bytes_root_accepted(
+def test_every_one_byte_change_of_the_note_is_refused(signer: Ed25519CheckpointSigner) -> None:
+    cp = _chain(signer, 3, 8)[1]
+    note = cp.note.encode()
+    for i in range(len(note)):
+        for flip in (0x01, 0x20):
+            changed = bytearray(note)
+            changed[i] ^= flip
+            try:
+                parsed = Checkpoint.decode(bytes(changed))
+            except ProofInvalid:
+                continue
+            with pytest.raises(ProofInvalid):
+                verify_checkpoint(parsed, signer.public_key_raw, origin=ORIGIN)
+
+
+def test_wrong_key_or_origin_fails(signer: Ed25519CheckpointSigner) -> None:
+    cp = _chain(signer, 3)[0]
+    with pytest.raises(ProofInvalid, match="does not verify|expected one by"):
+        verify_checkpoint(cp, Ed25519CheckpointSigner.generate().public_key_raw)
+    with pytest.raises(ProofInvalid, match="is for log"):
+        verify_checkpoint(cp, signer.public_key_raw, origin="layer7.local/ledger/other")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "why"),
+    [
+        ("\n8\n", "\n08\n", "leading zeroes"),
+        ("l7.index 1\n", "l7.index 01\n", "leading zeroes"),
+        ("l7.index 1\n", "", "l7.index <n>"),
+        ("l7.time ", "l7.when ", "l7.time"),
+        (ROOT_B64, ROOT_B64.rstrip("="), "base64"),
+        ("\n\n\u2014", "\n\u2014", "empty line|signature"),
+        ("l7.prev 0 3", "l7.prev 0 9", "tree_size <="),
+    ],
+)
+def test_decode_is_strict(signer: Ed25519CheckpointSigner, old: str, new: str, why: str) -> None:
+    cp = sign_checkpoint(8, ROOT, signer, NOW, origin=ORIGIN, prev=_chain(signer, 3)[0])
+    assert old in cp.note
+    with pytest.raises(ProofInvalid, match=why):
+        Checkpoint.decode(cp.note.replace(old, new, 1))
+
+
+def test_a_note_without_its_trailing_newline_or_with_control_characters_is_refused(
     signer: Ed25519CheckpointSigner,
 ) -> None:
-    assert signer.key_id == key_id_for(signer.public_key_raw)
-    assert signer.key_id.startswith("ed25519-")
-    cp = sign_checkpoint(3, bytes.fromhex(ROOT), signer, NOW)
-    assert cp.root_hash == ROOT
-
-
-@pytest.mark.parametrize(
-    "change",
-    [
-        {"tree_size": 9},
-        {"root_hash": "0" * 64},
-        {"timestamp": "2026-11-25T20:44:12.123457Z"},
-        {"key_id": "someone-else"},
-    ],
-)
-def test_any_signed_field_change_fails(
-    signer: Ed25519CheckpointSigner, change: dict[str, object]
-) -> None:
-    cp = replace(sign_checkpoint(8, ROOT, signer, NOW), **change)  # type: ignore[arg-type]
-    with pytest.raises(ProofInvalid, match="does not verify"):
-        verify_checkpoint(cp, signer.public_key_raw)
-
-
-def test_wrong_key_or_pinned_key_id_fails(signer: Ed25519CheckpointSigner) -> None:
-    cp = sign_checkpoint(8, ROOT, signer, NOW)
-    other = Ed25519CheckpointSigner.generate()
-    with pytest.raises(ProofInvalid, match="does not verify"):
-        verify_checkpoint(cp, other.public_key_raw)
-    with pytest.raises(ProofInvalid, match="expected 'x'"):
-        verify_checkpoint(cp, signer.public_key_raw, key_id="x")
-    with pytest.raises(ProofInvalid, match="32 raw bytes"):
-        verify_checkpoint(cp, signer.public_key_raw[:31])
-    assert verify_checkpoint(cp, signer.public_key_raw, key_id=signer.key_id) is cp
-
-
-def test_signature_strings_parse_strictly(signer: Ed25519CheckpointSigner) -> None:
-    cp = sign_checkpoint(8, ROOT, signer, NOW)
-    body = cp.signature.removeprefix("ed25519:")
-    raw = base64.urlsafe_b64decode(body + "==")
-    # The last base64url character of 64 bytes carries 4 unused bits: another spelling of
-    # the same bytes must be refused so a checkpoint has exactly one serialization.
-    last = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-    alt = body[:-1] + last[last.index(body[-1]) ^ 1]
-    assert base64.urlsafe_b64decode(alt + "==") == raw
-    for bad in (
-        "ed25519:" + alt,
-        "ed25519:" + body + "=",
-        "ed25519:" + body[:-1],
-        "ED25519:" + body,
-        body,
-        "vault:v1:" + base64.b64encode(raw).decode()[:-1],
-        "",
-    ):
-        with pytest.raises(ProofInvalid):
-            replace(cp, signature=bad)
-    # OpenBao transit spelling of the same signature verifies (l7 TransitSigner).
-    transit = replace(cp, signature="vault:v3:" + base64.b64encode(raw).decode())
-    assert verify_checkpoint(transit, signer.public_key_raw) is transit
-
-
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("tree_size", -1),
-        ("tree_size", True),
-        ("tree_size", 1.0),
-        ("tree_size", 2**53),
-        ("root_hash", ROOT.upper()),
-        ("root_hash", ROOT[:-1]),
-        ("timestamp", "2026-11-25T20:44:12Z"),
-        ("timestamp", "2026-11-25T20:44:12.123456+00:00"),
-        ("timestamp", "2026-13-25T20:44:12.123456Z"),
-        ("key_id", ""),
-        ("key_id", "a b"),
-        ("key_id", "k" * 129),
-    ],
-)
-def test_malformed_fields_are_refused(field: str, value: object) -> None:
-    good = {
-        "tree_size": 1,
-        "root_hash": ROOT,
-        "timestamp": "2026-11-25T20:44:12.123456Z",
-        "key_id": "k",
-        "signature": "ed25519:" + "A" * 86,
-    }
-    Checkpoint.from_dict(good)
+    note = _chain(signer, 3)[0].note
     with pytest.raises(ProofInvalid):
-        Checkpoint.from_dict({**good, field: value})
+        parse_note(note[:-1])
+    with pytest.raises(ProofInvalid, match="control characters"):
+        parse_note(note.replace("l7.index", "l7\tindex"))
 
 
-def test_from_dict_refuses_unknown_and_missing_fields(signer: Ed25519CheckpointSigner) -> None:
-    d = sign_checkpoint(8, ROOT, signer, NOW).to_dict()
-    assert Checkpoint.from_dict(d).to_dict() == d
-    with pytest.raises(ProofInvalid, match="unknown"):
-        Checkpoint.from_dict({**d, "extra": 1})
-    del d["timestamp"]
-    with pytest.raises(ProofInvalid, match="missing"):
-        Checkpoint.from_dict(d)
-    with pytest.raises(ProofInvalid, match="JSON object"):
-        Checkpoint.from_dict([1])
+def test_a_transit_signature_string_is_decoded(signer: Ed25519CheckpointSigner) -> None:
+    class Transit:
+        public_key_raw = signer.public_key_raw
+
+        def sign(self, data: bytes) -> str:
+            ed = signer.sign(data).removeprefix("ed25519:")
+            raw = base64.urlsafe_b64decode(ed + "==")
+            return "vault:v3:" + base64.b64encode(raw).decode()
+
+    cp = sign_checkpoint(8, ROOT, Transit(), NOW, origin=ORIGIN, prev=None)
+    verify_checkpoint(cp, signer.public_key_raw)
+
+
+def test_the_chain_names_each_predecessor(signer: Ed25519CheckpointSigner) -> None:
+    a, b, c = _chain(signer, 1, 4, 9)
+    verify_chain([a, b, c])
+    with pytest.raises(IntegrityViolation, match="checkpoint_missing"):
+        verify_chain([a, c])
+    with pytest.raises(IntegrityViolation, match="checkpoint_missing"):
+        verify_chain([b, c])
+    other = sign_checkpoint(5, ROOT, signer, NOW, origin=ORIGIN, prev=a)  # another "index 1"
+    with pytest.raises(IntegrityViolation, match="checkpoint_chain_broken"):
+        check_chain(other, c)
+
+
+def test_default_origin_is_a_key_name() -> None:
+    assert default_origin("prod db#1") == "layer7.local/ledger/prod-db-1"
+
+
+def test_cosignature_v1_message_and_verification(signer: Ed25519CheckpointSigner) -> None:
+    cp = _chain(signer, 3)[0]
+    wkey = Ed25519PrivateKey.generate()
+    vk = VerifierKey.for_private("witness.example/w1", ALG_COSIGNATURE_V1, wkey)
+    c = cosign(cp.body, "witness.example/w1", wkey, 1_679_315_147)
+    assert cosignature_message(cp.body, 1_679_315_147) == (
+        b"cosignature/v1\ntime 1679315147\n" + cp.body.encode()
+    )
+    raw = base64.b64decode(c.line().split(" ")[2])
+    assert (
+        raw[:4] == hashlib.sha256(b"witness.example/w1\n\x04" + public_key_raw(wkey)).digest()[:4]
+    )
+    assert int.from_bytes(raw[4:12], "big") == 1_679_315_147
+    assert Cosignature.parse_line(c.line()) == c
+    assert verify_cosignature(cp.body, c, vk) == c
+    with pytest.raises(ProofInvalid, match="does not verify"):
+        verify_cosignature(_chain(signer, 4)[0].body, c, vk)
+    with pytest.raises(ProofInvalid, match="not a cosignature/v1"):
+        verify_cosignature(cp.body, c, VerifierKey(vk.name, ALG_ED25519, vk.public_key))
+    # A cosigned note reads back with its cosignatures.
+    back, cosigs = Checkpoint.decode_cosigned(cp.encode([c]))
+    assert (back, cosigs) == (cp, [c])
 
 
 def test_key_files_are_0600_and_roundtrip(tmp_path: Path) -> None:
@@ -175,88 +221,9 @@ def test_key_files_are_0600_and_roundtrip(tmp_path: Path) -> None:
     save_private_key(path, key)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert public_key_raw(load_private_key(path)) == public_key_raw(key)
-    signer = Ed25519CheckpointSigner.from_file(path, key_id="ledger-ckpt-1")
-    assert signer.key_id == "ledger-ckpt-1"
+    assert Ed25519CheckpointSigner.from_file(path).public_key_raw == public_key_raw(key)
     with pytest.raises(FileExistsError):
         save_private_key(path, key)
     os.chmod(path, 0o644)
     with pytest.raises(PermissionError, match="0600"):
         load_private_key(path)
-
-
-# -- witness --------------------------------------------------------------------------------
-
-
-def _cps(signer: Ed25519CheckpointSigner, *sizes: int) -> list[Checkpoint]:
-    return [
-        sign_checkpoint(s, f"{s:064x}", signer, NOW + timedelta(seconds=i))
-        for i, s in enumerate(sizes)
-    ]
-
-
-def test_witness_appends_and_reads_back(tmp_path: Path, signer: Ed25519CheckpointSigner) -> None:
-    path = tmp_path / "witness.jsonl"
-    w = Witness(path, public_key_raw=signer.public_key_raw)
-    cps = _cps(signer, 1, 5, 5, 9)
-    cps[2] = cps[1]  # the same head twice is fine
-    for cp in cps:
-        w.append(cp)
-    assert read_witness(path) == cps == Witness.read_all(path)
-    lines = path.read_bytes().splitlines()
-    assert json.loads(lines[0]) == cps[0].to_dict()
-    # Reopening continues from the last recorded head.
-    w2 = Witness(path)
-    assert w2.last == cps[-1]
-    with pytest.raises(IntegrityViolation, match="checkpoint_inconsistent"):
-        w2.append(_cps(signer, 8)[0])
-
-
-def test_witness_refuses_unverified_or_forked_heads(
-    tmp_path: Path, signer: Ed25519CheckpointSigner
-) -> None:
-    w = Witness(tmp_path / "w.jsonl", public_key_raw=signer.public_key_raw)
-    w.append(_cps(signer, 4)[0])
-    with pytest.raises(ProofInvalid, match="does not verify"):
-        w.append(_cps(Ed25519CheckpointSigner.generate(), 5)[0])
-    fork = sign_checkpoint(4, "f" * 64, signer, NOW)
-    with pytest.raises(IntegrityViolation, match=r"checkpoint_inconsistent.*root"):
-        w.append(fork)
-
-
-def test_reader_refuses_a_file_that_goes_backwards(
-    tmp_path: Path, signer: Ed25519CheckpointSigner
-) -> None:
-    path = tmp_path / "w.jsonl"
-    a, b = _cps(signer, 7, 3)
-    path.write_text(json.dumps(a.to_dict()) + "\n" + json.dumps(b.to_dict()) + "\n")
-    with pytest.raises(IntegrityViolation, match=r"checkpoint_inconsistent.*tree_size >= 7"):
-        read_witness(path)
-
-
-@pytest.mark.parametrize(
-    "tail",
-    [
-        b'{"tree_size": 1}\n',
-        b"not json\n",
-        b'{"tree_size":1,"tree_size":2}\n',
-        b"[]\n",
-        b'{"tree_size": NaN}\n',
-    ],
-)
-def test_reader_refuses_malformed_lines(
-    tmp_path: Path, signer: Ed25519CheckpointSigner, tail: bytes
-) -> None:
-    path = tmp_path / "w.jsonl"
-    Witness(path).append(_cps(signer, 1)[0])
-    with path.open("ab") as f:
-        f.write(tail)
-    with pytest.raises(ProofInvalid, match=r"w\.jsonl:2"):
-        read_witness(path)
-
-
-def test_reader_refuses_a_torn_last_line(tmp_path: Path, signer: Ed25519CheckpointSigner) -> None:
-    path = tmp_path / "w.jsonl"
-    Witness(path).append(_cps(signer, 1)[0])
-    path.write_bytes(path.read_bytes()[:-1])
-    with pytest.raises(ProofInvalid, match="unterminated"):
-        read_witness(path)

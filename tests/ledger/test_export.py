@@ -1,7 +1,9 @@
-"""The offline audit pack: built from rows, verified with nothing but the public key.
+"""The offline audit pack: built from rows, verified with nothing but the public keys.
 
 The central property: no single-byte change of the serialized pack verifies with
-different content; it fails as IntegrityViolation (a check) or ProofInvalid (form).
+different content; it fails as IntegrityViolation (a check) or ProofInvalid (form), or
+leaves everything proven the same (JSON layout; a signature line of a witness nobody
+pinned, which C2SP says to ignore).
 """
 
 from __future__ import annotations
@@ -11,20 +13,26 @@ import re
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger import GENESIS_HASH, IntegrityViolation, VerifyRow
 from ledger.checkpoint import Checkpoint, Ed25519CheckpointSigner
-from ledger.export import build_export, dump_export, verify_export
+from ledger.export import ExportReport, build_export, dump_export, verify_export
 from ledger.merkle import MerkleTree, ProofInvalid
-from tests.ledger.test_audit import ORDER, checkpoints_for, make_log
+from ledger.note import ALG_COSIGNATURE_V1, VerifierKey
+from tests.ledger.test_audit import ORDER, WITNESS, checkpoints_for, cosigs, make_log
 
 SIGNER = Ed25519CheckpointSigner.generate()
 PUB = SIGNER.public_key_raw
-LOG = make_log([*ORDER, "dec-D", "dec-A"])  # 17 events; the checkpoint covers 16
+WITNESS_PRIVATE = Ed25519PrivateKey.generate()
+WKEY = VerifierKey.for_private(WITNESS, ALG_COSIGNATURE_V1, WITNESS_PRIVATE)
+LOG = make_log([*ORDER, "dec-D", "dec-A"])  # 17 events; the checkpoints cover 3, 9 and 16
 HASHES = [r.hash for r in LOG]
-CP = checkpoints_for(LOG, (16,), SIGNER)[0]
+CHAIN = checkpoints_for(LOG, (3, 9, 16), SIGNER)
+CP = CHAIN[-1]
+COSIGS = cosigs(CHAIN, WITNESS_PRIVATE)
 
 
 def _select(*dids: str, from_seq: int = 1) -> list[VerifyRow]:
@@ -33,9 +41,13 @@ def _select(*dids: str, from_seq: int = 1) -> list[VerifyRow]:
     ]
 
 
-def _pack(rows: list[VerifyRow] | None = None, cp: Checkpoint = CP) -> dict[str, Any]:
+def _pack(rows: list[VerifyRow] | None = None, chain: list[Checkpoint] = CHAIN) -> dict[str, Any]:
     return build_export(
-        _select("dec-B", "dec-D") if rows is None else rows, HASHES, cp, public_key_raw=PUB
+        _select("dec-B", "dec-D") if rows is None else rows,
+        HASHES,
+        chain,
+        COSIGS,
+        public_key_raw=PUB,
     )
 
 
@@ -56,10 +68,39 @@ def test_pack_verifies_offline() -> None:
         "streams": 2,
         "tree_size": 16,
         "streams_from_genesis": ["dec-B", "dec-D"],
+        "checkpoints": 3,
+        "first_checkpoint": 0,
     }
     assert DOC["format"] == "l7.ledger.export"
-    assert DOC["version"] == 1
-    assert DOC["checkpoint"] == CP.to_dict()
+    assert DOC["version"] == 2
+    assert DOC["origin"] == CP.origin
+    assert DOC["checkpoints"] == [c.encode(COSIGS[c.index]) for c in CHAIN]
+    assert len(DOC["consistency_proofs"]) == 2
+    assert report.cosigned_by == ()  # no witness key given: cosignatures not counted
+    witnessed = verify_export(DATA, PUB, witness_keys=[WKEY])
+    assert witnessed.cosigned_by == (WKEY.key_id,)
+
+
+def test_a_witness_key_requires_the_anchor_cosigned() -> None:
+    bare = dump_export(build_export(_select("dec-B"), HASHES, CHAIN, {0: COSIGS[0]}))
+    verify_export(bare, PUB)
+    with pytest.raises(IntegrityViolation, match="unwitnessed_events"):
+        verify_export(bare, PUB, witness_keys=[WKEY])
+
+
+def test_a_gap_or_an_inconsistent_chain_fails() -> None:
+    doc = json.loads(DATA)
+    del doc["checkpoints"][1]
+    del doc["consistency_proofs"][1]
+    with pytest.raises(IntegrityViolation, match="checkpoint_missing"):
+        verify_export(doc, PUB)
+    doc = json.loads(DATA)
+    doc["consistency_proofs"][0], doc["consistency_proofs"][1] = (
+        doc["consistency_proofs"][1],
+        doc["consistency_proofs"][0],
+    )
+    with pytest.raises(IntegrityViolation, match="checkpoint_inconsistent"):
+        verify_export(doc, PUB)
 
 
 def test_events_carry_the_stored_body_exactly() -> None:
@@ -77,7 +118,7 @@ def test_events_carry_the_stored_body_exactly() -> None:
 
 def test_accepts_a_prebuilt_tree() -> None:
     tree = MerkleTree.from_event_hashes(HASHES)
-    assert build_export(_select("dec-B", "dec-D"), tree, CP) == DOC
+    assert build_export(_select("dec-B", "dec-D"), tree, CHAIN, COSIGS) == DOC
 
 
 def test_mid_stream_start_is_allowed_and_reported() -> None:
@@ -130,20 +171,22 @@ def test_reordered_events_fail() -> None:
 
 def test_build_refuses_bad_inputs() -> None:
     with pytest.raises(ValueError, match="not covered"):
-        build_export(LOG[16:], HASHES, CP)
+        build_export(LOG[16:], HASHES, CHAIN)
     with pytest.raises(IntegrityViolation, match="sequence_gap"):
-        build_export([r for r in _select("dec-B") if r.sequence != 2], HASHES, CP)
+        build_export([r for r in _select("dec-B") if r.sequence != 2], HASHES, CHAIN)
     with pytest.raises(IntegrityViolation, match="checkpoint_root_mismatch"):
-        build_export(_select("dec-B"), list(reversed(HASHES)), CP)
+        build_export(_select("dec-B"), list(reversed(HASHES)), CHAIN)
     with pytest.raises(IntegrityViolation, match="truncated"):
-        build_export(_select("dec-B"), HASHES[:10], CP)
+        build_export(_select("dec-B"), HASHES[:10], CHAIN)
     with pytest.raises(IntegrityViolation, match="hash_mismatch"):
-        build_export([LOG[1]._replace(hash=LOG[2].hash)], HASHES, CP)
+        build_export([LOG[1]._replace(hash=LOG[2].hash)], HASHES, CHAIN)
+    with pytest.raises(IntegrityViolation, match="checkpoint_missing"):
+        build_export(_select("dec-B"), HASHES, [CHAIN[0], CHAIN[2]])
     with pytest.raises(IntegrityViolation, match="checkpoint_signature"):
         build_export(
             _select("dec-B"),
             HASHES,
-            CP,
+            CHAIN,
             public_key_raw=Ed25519CheckpointSigner.generate().public_key_raw,
         )
 
@@ -152,14 +195,16 @@ def test_build_refuses_bad_inputs() -> None:
     "mutate",
     [
         lambda d: d.update(extra=1),
-        lambda d: d.update(version=2),
+        lambda d: d.update(version=1),
         lambda d: d.update(version=1.0),
         lambda d: d.update(format="other"),
         lambda d: d["events"][0].update(extra=1),
         lambda d: d["events"][0].update(global_seq=True),
         lambda d: d["events"][0].update(hash=d["events"][0]["hash"].upper()),
         lambda d: d["events"][0].update(inclusion_proof="00"),
-        lambda d: d["checkpoint"].update(extra=1),
+        lambda d: d["checkpoints"].append(1),
+        lambda d: d["consistency_proofs"].pop(),
+        lambda d: d.update(origin=7),
         lambda d: d["verification"].update(events=6.0),
         lambda d: d.update(events=[]),
     ],
@@ -179,7 +224,7 @@ def test_duplicate_keys_and_nan_are_refused() -> None:
     with pytest.raises(ProofInvalid, match="duplicate"):
         verify_export(dup, PUB)
     with pytest.raises(ProofInvalid, match="NaN"):
-        verify_export(text.replace('"version": 1', '"version": NaN'), PUB)
+        verify_export(text.replace('"version": 2', '"version": NaN'), PUB)
 
 
 # -- any single-byte change ---------------------------------------------------------------
@@ -189,11 +234,12 @@ def _spans(data: bytes) -> list[int]:
     """Byte positions inside event bodies, hashes, proofs and checkpoint values."""
     text = data.decode("ascii")
     out: list[int] = []
-    keys = "body|hash|prev_hash|root_hash|signature|key_id|timestamp"
+    keys = "body|hash|prev_hash|origin"
     for m in re.finditer(r'"(' + keys + r')": "((?:[^"\\]|\\.)*)"', text):
         out.extend(range(m.start(2), m.end(2)))
-    for m in re.finditer(r'"inclusion_proof": \[([^\]]*)\]', text):
-        out.extend(range(m.start(1), m.end(1)))
+    for key in ("inclusion_proof", "checkpoints", "consistency_proofs"):
+        for m in re.finditer(r'"' + key + r'": \[(.*?)\n \]', text, re.DOTALL):
+            out.extend(range(m.start(1), m.end(1)))
     for m in re.finditer(r'"(tree_size|global_seq|sequence)": (\d+)', text):
         out.extend(range(m.start(2), m.end(2)))
     return out
@@ -202,15 +248,24 @@ def _spans(data: bytes) -> list[int]:
 SPANS = _spans(DATA)
 
 
+PROVEN = verify_export(DATA, PUB, witness_keys=[WKEY])
+
+
+def _proves(r: ExportReport) -> tuple[Any, ...]:
+    return (r.events, r.decision_ids, r.checkpoint, r.chain, r.cosigned_by)
+
+
 def _assert_mutation_fails(pos: int, new: int) -> None:
     mutated = bytearray(DATA)
     mutated[pos] = new
     try:
-        verify_export(bytes(mutated), PUB)
+        got = verify_export(bytes(mutated), PUB, witness_keys=[WKEY])
     except (IntegrityViolation, ProofInvalid):
         return
-    # Only a change that leaves the content identical may pass (e.g. whitespace).
-    assert json.loads(bytes(mutated)) == DOC, f"byte {pos} -> {new:#x} verified"
+    # Only a change that proves exactly the same may pass: JSON layout (whitespace), or a
+    # cosignature line renamed to a witness nobody pinned (ignored, per C2SP).
+    assert _proves(got) == _proves(PROVEN), f"byte {pos} -> {new:#x} verified"
+    assert json.loads(bytes(mutated))["events"] == DOC["events"]
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])

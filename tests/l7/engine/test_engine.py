@@ -129,6 +129,21 @@ def test_restriction_mode_denies_without_asking_policy_until_an_l4_clears() -> N
     assert kinds == ["restriction_entered", "restriction_cleared"]
 
 
+def test_a_blind_integrity_monitor_denies_ledger_degraded_until_it_runs_again() -> None:
+    engine, policy, _ = make()
+    why: list[str | None] = ["the ledger integrity monitor has not completed a check for 901s"]
+    engine.restriction.health = lambda: why[0]
+    d, _ = engine.decide(request_from_dict(request()))
+    assert (d.outcome, d.reason_code) == (Outcome.DENY, "ledger_degraded")
+    assert "901s" in d.reasons[0]
+    assert policy.calls == []
+    # Every other reader of the restriction state (the gateway) refuses too.
+    with pytest.raises(LedgerDegraded, match="901s"):
+        engine.restriction.state()
+    why[0] = None
+    assert engine.decide(request_from_dict(request()))[0].outcome is Outcome.ALLOW
+
+
 def test_field_allowlist_guards_every_append() -> None:
     from l7.engine.ledger_guard import FieldGuardedLedger
     from l7.errors import RequestInvalid
