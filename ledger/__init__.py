@@ -23,6 +23,7 @@ from ledger.errors import (
     InvalidEvent,
     LedgerError,
     LedgerUnavailable,
+    SchemaTampered,
 )
 from ledger.interface import (
     GENESIS_HASH,
@@ -58,6 +59,7 @@ __all__ = [
     "LedgerUnavailable",
     "NewEvent",
     "ProgressFn",
+    "SchemaTampered",
     "SqlLedger",
     "StoredEvent",
     "VerifyReport",

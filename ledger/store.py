@@ -8,7 +8,7 @@ durably committed or failed. Reads use separate connections (WAL on SQLite).
 
 SQLite (engines in ``ledger._engine``): WAL, ``synchronous=FULL``, ``busy_timeout``; pysqlite's own
 transaction handling is disabled and the writer emits ``BEGIN IMMEDIATE``.
-PostgreSQL: every writer transaction first takes the advisory write lock
+PostgreSQL: every writer transaction first takes the write lock
 (``ledger._engine.write_lock``), then reads ``max(global_seq)`` and the stream
 heads, so ``global_seq`` and the per-stream chains stay gap-free across
 processes; readers are not blocked.
@@ -259,7 +259,7 @@ class SqlLedger:
                 self._wengine.dispose()
                 self._rengine.dispose()
                 raise
-        self._fast = FastSql(self._wengine.dialect)
+        self._fast = FastSql(self._wengine.dialect, busy_timeout_s=busy_timeout_s)
         self._writer = GroupWriter(self._commit_group, name=f"ledger-writer:{parsed.database}")
 
     # -- the one place driver errors become ledger errors --------------------------------------
@@ -406,7 +406,8 @@ class SqlLedger:
         committed: list[dict[str, Any]] = []
         fast = self._fast
         with self._db_errors(), self._wengine.connect() as conn, conn.begin():
-            write_lock(conn)  # before ANY read: max(global_seq) and the heads come after it
+            # before ANY read: max(global_seq) and the heads come after it
+            write_lock(conn, self._busy_timeout_s)
             next_g = fast.max_global_seq(conn.connection) + 1
             heads = fast.stream_heads(conn.connection, (p.decision_id for b in batches for p in b))
             for batch in batches:
@@ -718,7 +719,7 @@ class SqlLedger:
     def _store_checkpoint(self, cp: Checkpoint) -> Checkpoint:
         row = {**cp.to_dict(), "body": cp.signed_bytes().decode("ascii")}
         with self._db_errors(), self._wengine.connect() as conn, conn.begin():
-            write_lock(conn)
+            write_lock(conn, self._busy_timeout_s)
             found = conn.execute(
                 select(*_CHECKPOINT_COLS).where(_C.tree_size >= cp.tree_size).order_by(_C.tree_size)
             ).all()
