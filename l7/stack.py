@@ -44,6 +44,7 @@ from l7.server.app import create_server
 from l7.tls import client_credentials, server_tls
 from ledger import EventType, LedgerClient, NewEvent, SqlLedger, open_ledger
 from ledger.checkpointer import IntegrityMonitor
+from ledger.files import private_dir
 from ledger.remote import RemoteLedger
 
 __all__ = ["REPO_ROOT", "Stack", "StackConfig", "check_production_posture", "connect_ledger"]
@@ -178,7 +179,7 @@ class Stack:
                     signing_key=cfg.bundle_signing_key or cfg.work_dir / DEFAULT_SIGNING_KEY,
                 )
                 logs = cfg.work_dir / "logs"
-                logs.mkdir(parents=True, exist_ok=True)
+                private_dir(logs)  # 0700: OPA's log can carry decision input
                 verify_built(self.bundle)  # the file OPA is about to load is the one we signed
                 self.opa = OpaProcess(
                     self.bundle.path,

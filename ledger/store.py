@@ -14,7 +14,10 @@ heads, so ``global_seq`` and the per-stream chains stay gap-free across
 processes; readers are not blocked.
 
 The schema is checked on every open and migrated with ``create=True``
-(``ledger.schema``, Alembic).
+(``ledger.schema``, Alembic), and so are the database's own walls: append-only
+triggers and role privileges (``ledger._guards``). A SQLite file is created 0600 in a
+0700 directory, and a database, ``-wal`` or ``-shm`` file that group or others may read
+is refused at open (``ledger.files``).
 
 Every SQLAlchemy / driver / Alembic exception is translated to the ledger error
 tree in exactly one place, ``ledger._dberrors.db_errors``.
@@ -80,6 +83,7 @@ from ledger.errors import (
     LedgerUnavailable,
 )
 from ledger.export import build_export
+from ledger.files import check_private, create_private
 from ledger.interface import (
     SCHEMA_VERSION,
     Confirmation,
@@ -230,6 +234,13 @@ class SqlLedger:
                 )
             if not create and not Path(db).exists():
                 raise LedgerUnavailable(f"no ledger file at {db}; check the --ledger path")
+            if create:  # 0600 in a 0700 directory before SQLite opens it (ledger.files)
+                try:
+                    create_private(Path(db))
+                except OSError as e:
+                    raise LedgerUnavailable(f"cannot create the ledger file {db}: {e}") from e
+            for suffix in ("", "-wal", "-shm"):
+                check_private(Path(db + suffix), "ledger file")
         elif self._dialect != "postgresql" or parsed.get_driver_name() != "psycopg":
             raise LedgerUnavailable(
                 f"unsupported ledger URL scheme {parsed.drivername!r}: use sqlite:/// or "

@@ -86,15 +86,18 @@ class Attacker:
 
 
 def restore_triggers(conn: Connection) -> None:
-    """Put the append-only triggers back as migrated (dropped ones on SQLite; on
-    PostgreSQL re-enabled ALWAYS)."""
+    """Put the append-only triggers back as migrated: dropped ones re-created, and on
+    PostgreSQL each enabled ALWAYS."""
     if conn.dialect.name == "sqlite":
         have = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master").all()}
         for name, (_table, sql) in SQLITE_TRIGGERS.items():
             if name not in have:
                 conn.exec_driver_sql(sql)
     else:
-        for name, (table, _ddl) in PG_TRIGGERS.items():
+        have = {r[0] for r in conn.exec_driver_sql("SELECT tgname FROM pg_trigger").all()}
+        for name, (table, ddl) in PG_TRIGGERS.items():
+            if name not in have:
+                conn.exec_driver_sql(ddl)
             conn.exec_driver_sql(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {name}")
 
 
