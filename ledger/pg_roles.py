@@ -25,7 +25,7 @@
    each role ends up with exactly that - otherwise raises LedgerUnavailable.
 
 What an app-role session can still do, and what stops it, is in docs/reliability.md
-("least-privilege PostgreSQL"). Returns the application URL (the admin URL with the
+("The database's own walls"). Returns the application URL (the admin URL with the
 app role and its password), which is what the engine and gateway are configured with.
 Every runtime open re-checks the session role's privileges (``ledger._guards``).
 """
