@@ -58,6 +58,7 @@ from ledger.checkpoint import (
     save_private_key,
 )
 from ledger.checkpointer import IntegrityMonitor
+from ledger.files import private_dir
 from ledger.remote import RemoteLedger
 from ledger.witness import WitnessProcess
 from ledger.witness_client import WitnessEndpoint
@@ -276,7 +277,7 @@ class Stack:
                     signing_key=cfg.bundle_signing_key or cfg.work_dir / DEFAULT_SIGNING_KEY,
                 )
                 logs = cfg.work_dir / "logs"
-                logs.mkdir(parents=True, exist_ok=True)
+                private_dir(logs)  # 0700: OPA's log can carry decision input
                 verify_built(self.bundle)  # the file OPA is about to load is the one we signed
                 self.opa = OpaProcess(
                     self.bundle.path,

@@ -23,6 +23,7 @@ from ledger.errors import (
     InvalidEvent,
     LedgerError,
     LedgerUnavailable,
+    SchemaTampered,
     StaleHead,
 )
 from ledger.interface import (
@@ -59,6 +60,7 @@ __all__ = [
     "LedgerUnavailable",
     "NewEvent",
     "ProgressFn",
+    "SchemaTampered",
     "SqlLedger",
     "StaleHead",
     "StoredEvent",

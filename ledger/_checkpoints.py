@@ -68,8 +68,10 @@ class CheckpointLog:
         wengine: Engine,
         db_errors: Callable[[], AbstractContextManager[None]],
         witnesses: Sequence[WitnessClient] = (),
+        busy_timeout_s: float = 2.0,
     ) -> None:
         self._read = read
+        self._busy_timeout_s = busy_timeout_s
         self._wengine = wengine
         self._db_errors = db_errors
         self.witnesses = list(witnesses)
@@ -115,7 +117,7 @@ class CheckpointLog:
     def append(self, cp: Checkpoint, prev: Checkpoint | None) -> bool:
         """Store ``cp`` if the chain still ends at ``prev``; False if it moved meanwhile."""
         with self._db_errors(), self._wengine.connect() as conn, conn.begin():
-            write_lock(conn)
+            write_lock(conn, self._busy_timeout_s)
             top = conn.execute(select(func.max(_N.idx))).scalar()
             if (top is None and prev is not None) or (
                 top is not None and (prev is None or int(top) != prev.index)

@@ -9,14 +9,19 @@ connection sets ``busy_timeout``; writer connections set WAL and
 run beside the writer.
 
 PostgreSQL (``postgresql+psycopg://``, psycopg 3): the writer serialises itself
-across processes with ``pg_advisory_xact_lock(WRITE_LOCK_KEY)`` as the first
-statement of each transaction (``write_lock``): an advisory lock needs no table
-privilege, so the least-privileged application role (SELECT and INSERT only)
-can take it, where ``LOCK TABLE ... SHARE ROW EXCLUSIVE`` would need UPDATE,
-DELETE or TRUNCATE. Under READ COMMITTED every later statement sees what the
-previous lock holder committed. Writer connections set ``lock_timeout`` to the
-busy timeout; reader connections are read-only. ``pool_pre_ping`` replaces
+across processes with ``SELECT ledger_write_lock(wait_ms)`` as the first statement
+of each transaction (``write_lock``). That SECURITY DEFINER function (revision 0004,
+owned by the schema owner, EXECUTE for the app role only) takes an EXCLUSIVE lock on
+the table ``ledger_write_lock``, on which no other role holds any privilege, and
+fences a holder that sits on it (see the revision). It replaced
+``pg_advisory_xact_lock``, which any session of any role - the auditor's included -
+could take to stop every append. Under READ COMMITTED every later statement sees
+what the previous lock holder committed. Writer connections set ``lock_timeout`` to
+the busy timeout; reader connections are read-only. ``pool_pre_ping`` replaces
 connections a restarted server dropped.
+
+Migrations (``ledger.schema``) still serialise on the advisory lock
+``MIGRATION_LOCK_KEY``: they run as the owner, before the function may exist.
 """
 
 from __future__ import annotations
@@ -26,10 +31,19 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
-__all__ = ["WRITE_LOCK_KEY", "make_engine", "write_lock"]
+__all__ = [
+    "MIGRATION_LOCK_KEY",
+    "WRITE_LOCK_SQL",
+    "make_engine",
+    "migration_lock",
+    "write_lock",
+    "write_lock_ms",
+]
 
-WRITE_LOCK_KEY = 0x4C375F4C45444752
-"""Advisory lock key (bigint) every ledger writer of a PostgreSQL database takes ("L7_LEDGR")."""
+MIGRATION_LOCK_KEY = 0x4C375F4C45444752
+"""Advisory lock key (bigint) schema migrations take ("L7_LEDGR"; the writers' key before 0004)."""
+WRITE_LOCK_SQL = "SELECT ledger_write_lock(%s)"
+"""The writers' lock on PostgreSQL (revision 0004), in psycopg's paramstyle: the wait in ms."""
 
 _CONNECT_TIMEOUT_S = 5
 
@@ -94,10 +108,21 @@ def _postgresql(url: str, *, writer: bool, busy_timeout_s: float) -> Engine:
     return eng
 
 
-def write_lock(conn: Connection) -> None:
+def write_lock_ms(busy_timeout_s: float) -> int:
+    """The wait ``ledger_write_lock`` is given: the busy timeout, in whole milliseconds."""
+    return max(1, int(busy_timeout_s * 1000))
+
+
+def write_lock(conn: Connection, busy_timeout_s: float) -> None:
     """Take the cross-process write lock for the current transaction (PostgreSQL only).
 
     On SQLite the writer engine's ``BEGIN IMMEDIATE`` already holds it.
     """
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK_KEY})
+        conn.exec_driver_sql(WRITE_LOCK_SQL, (write_lock_ms(busy_timeout_s),))
+
+
+def migration_lock(conn: Connection) -> None:
+    """Serialise schema migrations across processes (PostgreSQL; SQLite: BEGIN IMMEDIATE)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})

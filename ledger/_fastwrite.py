@@ -7,7 +7,7 @@ group commit are therefore written once, in the dialect's paramstyle, and run on
 DBAPI connection checked out from the writer engine's pool (so ``pool_pre_ping`` and the
 connect-time settings - WAL, ``synchronous=FULL``, ``busy_timeout``, ``lock_timeout`` -
 still apply). ``begin_write`` takes the same write lock the SQLAlchemy path takes
-(``BEGIN IMMEDIATE`` on SQLite, the advisory lock on PostgreSQL).
+(``BEGIN IMMEDIATE`` on SQLite, ``ledger_write_lock()`` on PostgreSQL).
 
 Driver exceptions are wrapped back into SQLAlchemy's ``DBAPIError`` family
 (``DBAPIError.instance``), so ``ledger._dberrors.db_errors`` stays the one place that
@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 
-from ledger._engine import WRITE_LOCK_KEY
+from ledger._engine import WRITE_LOCK_SQL, write_lock_ms
 from ledger.interface import GENESIS_HASH, EventHash
 from ledger.models import events_table
 
@@ -40,8 +40,9 @@ _IN_CHUNK = 500
 class FastSql:
     """Pre-rendered writer statements for one dialect (``sqlite`` or ``postgresql``)."""
 
-    def __init__(self, dialect: Dialect) -> None:
+    def __init__(self, dialect: Dialect, *, busy_timeout_s: float) -> None:
         self.dialect = dialect
+        self.lock_ms = write_lock_ms(busy_timeout_s)
         self.sqlite = dialect.name == "sqlite"
         self.ph = "?" if self.sqlite else "%s"
         # Only constants go into the SQL text (table and column names from ledger.models,
@@ -93,7 +94,7 @@ class FastSql:
         if self.sqlite:
             self._run(raw, "BEGIN IMMEDIATE", ())
         else:  # psycopg begins implicitly; the lock is held until commit or rollback
-            self._run(raw, "SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+            self._run(raw, WRITE_LOCK_SQL, (self.lock_ms,))
 
     def commit(self, raw: Any) -> None:
         dbapi: Any = self.dialect.loaded_dbapi

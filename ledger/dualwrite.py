@@ -8,7 +8,9 @@ The sink is a JSON-lines file; each line is one stored row, keys sorted, ASCII::
 
 The ledger's writer appends the lines of a committed group in global order, then
 flushes and fsyncs, and only then confirms the group's events to their callers:
-a confirmation means the event is in the database AND in the sink.
+a confirmation means the event is in the database AND in the sink. The sink holds
+every raw payload, like the database: it is created 0600 in a 0700 directory, and one
+that group or others may read is refused (``ledger.files``).
 
 If the sink fails *after* the database committed (disk full, file replaced by a
 directory, volume gone), the callers of that group get LedgerUnavailable, and the
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ledger.errors import IntegrityViolation, LedgerUnavailable
+from ledger.files import check_private, open_private_append
 from ledger.verify import VerifyRow
 
 __all__ = ["SINK_FIELDS", "DualWriteReport", "JsonlSink", "parse_sink_url", "verify_dual_write"]
@@ -96,7 +99,8 @@ class JsonlSink:
         self.failed: str | None = None
         """Why the sink failed after a database commit; appends are refused from then on."""
         try:
-            self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - held open
+            check_private(self.path, "dual-write sink")
+            self._file = open_private_append(self.path)  # 0600 in 0700, held open
             size = os.fstat(self._file.fileno()).st_size
             if size:
                 with open(self.path, "rb") as f:

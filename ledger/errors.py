@@ -2,6 +2,7 @@
 
     LedgerError                    base; never raised directly
     ├── LedgerUnavailable          the store cannot be written or read now (locked, down, closed)
+    │   └── SchemaTampered         an append-only trigger or a role privilege is not as migrated
     ├── InvalidEvent               an event cannot enter the ledger (not JSON, NaN, unknown type)
     ├── DuplicateKey               an event's unique_key (idempotency key, nonce, grant id) is taken
     ├── StaleHead                  a signed batch names a stream head that moved: sign again
@@ -24,6 +25,7 @@ __all__ = [
     "InvalidEvent",
     "LedgerError",
     "LedgerUnavailable",
+    "SchemaTampered",
     "StaleHead",
     "WitnessRefused",
     "WitnessUnavailable",
@@ -40,6 +42,12 @@ class LedgerUnavailable(LedgerError):
     Callers must treat this as "nothing happened": an event that was not
     confirmed is not in the ledger.
     """
+
+
+class SchemaTampered(LedgerUnavailable):
+    """The database's append-only walls are not as migrated: a trigger is missing, disabled
+    or changed, or a runtime role holds a privilege it must not. The ledger refuses to
+    serve until the owner restores them (the message names the trigger or privilege)."""
 
 
 class InvalidEvent(LedgerError):

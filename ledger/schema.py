@@ -9,10 +9,13 @@ Revisions are Alembic scripts in ``ledger/migrations/versions``; the Alembic
    database, or it is not a ledger) -> LedgerUnavailable;
 3. if the schema is at head, done. Otherwise, without ``create`` it refuses
    (a missing or older schema is never written by a reader); with ``create``
-   it takes the write lock (``BEGIN IMMEDIATE`` / the advisory lock) and, in
+   it takes the migration lock (``BEGIN IMMEDIATE`` / an advisory lock) and, in
    that one transaction, re-reads the state, stamps a pre-migration ledger
    (``events`` without ``alembic_version``) at the baseline, and upgrades to
-   head. Concurrent openers wait on the lock and then find the schema at head.
+   head. Concurrent openers wait on the lock and then find the schema at head;
+4. at head, checks the database's own walls (``ledger._guards.check_guards``): the
+   append-only triggers and, on PostgreSQL, the session role's privileges are exactly
+   as migrated, or the ledger refuses to serve (SchemaTampered, naming what changed).
 
 SQLAlchemy and Alembic exceptions propagate; ``ledger.store`` translates them.
 """
@@ -29,7 +32,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect
 
-from ledger._engine import write_lock
+from ledger._engine import migration_lock
+from ledger._guards import check_guards
 from ledger.errors import LedgerUnavailable
 
 __all__ = ["BASELINE", "MIGRATIONS", "SchemaState", "ensure_schema", "head", "read_state"]
@@ -89,7 +93,14 @@ def _check_known(state: SchemaState, where: str) -> None:
 
 
 def ensure_schema(reader: Engine, writer: Engine, *, create: bool, where: str) -> str:
-    """Check (and with ``create``, migrate) the schema; return the revision it is at."""
+    """Check (and with ``create``, migrate) the schema and its walls; return its revision."""
+    target = _ensure_revision(reader, writer, create=create, where=where)
+    with reader.connect() as conn:
+        check_guards(conn, where)
+    return target
+
+
+def _ensure_revision(reader: Engine, writer: Engine, *, create: bool, where: str) -> str:
     target = head()
     with reader.connect() as conn:
         state = read_state(conn)
@@ -108,7 +119,7 @@ def ensure_schema(reader: Engine, writer: Engine, *, create: bool, where: str) -
             "open it once with create=True (as the schema owner) to migrate it"
         )
     with writer.connect() as conn, conn.begin():
-        write_lock(conn)
+        migration_lock(conn)
         state = read_state(conn)  # again, under the lock: another process may have migrated
         _check_known(state, where)
         cfg = _config(conn)

@@ -8,13 +8,16 @@ durably committed or failed. Reads use separate connections (WAL on SQLite).
 
 SQLite (engines in ``ledger._engine``): WAL, ``synchronous=FULL``, ``busy_timeout``; pysqlite's own
 transaction handling is disabled and the writer emits ``BEGIN IMMEDIATE``.
-PostgreSQL: every writer transaction first takes the advisory write lock
+PostgreSQL: every writer transaction first takes the write lock
 (``ledger._engine.write_lock``), then reads ``max(global_seq)`` and the stream
 heads, so ``global_seq`` and the per-stream chains stay gap-free across
 processes; readers are not blocked.
 
 The schema is checked on every open and migrated with ``create=True``
-(``ledger.schema``, Alembic).
+(``ledger.schema``, Alembic), and so are the database's own walls: append-only
+triggers and role privileges (``ledger._guards``). A SQLite file is created 0600 in a
+0700 directory, and a database, ``-wal`` or ``-shm`` file that group or others may read
+is refused at open (``ledger.files``).
 
 Every SQLAlchemy / driver / Alembic exception is translated to the ledger error
 tree in exactly one place, ``ledger._dberrors.db_errors``.
@@ -86,6 +89,7 @@ from ledger.errors import (
     LedgerUnavailable,
 )
 from ledger.export import build_export
+from ledger.files import check_private, create_private
 from ledger.interface import (
     SCHEMA_VERSION,
     Confirmation,
@@ -247,6 +251,13 @@ class SqlLedger:
                 )
             if not create and not Path(db).exists():
                 raise LedgerUnavailable(f"no ledger file at {db}; check the --ledger path")
+            if create:  # 0600 in a 0700 directory before SQLite opens it (ledger.files)
+                try:
+                    create_private(Path(db))
+                except OSError as e:
+                    raise LedgerUnavailable(f"cannot create the ledger file {db}: {e}") from e
+            for suffix in ("", "-wal", "-shm"):
+                check_private(Path(db + suffix), "ledger file")
         elif self._dialect != "postgresql" or parsed.get_driver_name() != "psycopg":
             raise LedgerUnavailable(
                 f"unsupported ledger URL scheme {parsed.drivername!r}: use sqlite:/// or "
@@ -269,13 +280,14 @@ class SqlLedger:
                 self._wengine.dispose()
                 self._rengine.dispose()
                 raise
-        self._fast = FastSql(self._wengine.dialect)
+        self._fast = FastSql(self._wengine.dialect, busy_timeout_s=busy_timeout_s)
         self._dbname = Path(parsed.database or "ledger").stem
         self._cplog = CheckpointLog(
             read=self._read,
             wengine=self._wengine,
             db_errors=self._db_errors,
             witnesses=[WitnessClient(w) for w in witnesses],
+            busy_timeout_s=busy_timeout_s,
         )
         self._writer = GroupWriter(self._commit_group, name=f"ledger-writer:{parsed.database}")
         if checkpoint_signer is not None and checkpoint_every_s > 0:
@@ -438,7 +450,8 @@ class SqlLedger:
         committed: list[dict[str, Any]] = []
         fast = self._fast
         with self._db_errors(), self._wengine.connect() as conn, conn.begin():
-            write_lock(conn)  # before ANY read: max(global_seq) and the heads come after it
+            # before ANY read: max(global_seq) and the heads come after it
+            write_lock(conn, self._busy_timeout_s)
             next_g = fast.max_global_seq(conn.connection) + 1
             heads = fast.stream_heads(conn.connection, (p.decision_id for b in batches for p in b))
             for batch in batches:

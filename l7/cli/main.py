@@ -31,6 +31,7 @@ from l7.stack import REPO_ROOT, Stack, StackConfig, connect_ledger
 from l7.tls import server_tls
 from ledger import LedgerError, open_ledger
 from ledger.attestation import Tier
+from ledger.files import private_dir
 
 __all__ = ["main"]
 
@@ -40,7 +41,7 @@ DEFAULT_ADDR = "127.0.0.1:50051"
 
 def _ensure_sqlite_dir(url: str) -> None:
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        private_dir(Path(url.removeprefix("sqlite:///")).parent)  # 0700 (ledger.files)
 
 
 def _print_json(obj: Any) -> None:

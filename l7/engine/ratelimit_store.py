@@ -3,10 +3,13 @@ by every engine replica (``SqlBuckets``).
 
 Replicas behind a load balancer must not each grant the full burst: with the ledger on
 PostgreSQL, ``l7 serve`` keeps the buckets in that database and every take is one
-atomic ``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` on the row for (bucket, key),
-timed by the database's clock so replicas with skewed clocks still agree. The table is
-``l7_rate_buckets`` (created if missing; a least-privileged role needs SELECT, INSERT and
-UPDATE on it). It holds actor and approver ids and counters, never request content.
+call of ``l7_rate_take(bucket, key, rate, burst)``, which refills and takes under a row
+lock, timed by the database's clock so replicas with skewed clocks still agree. The table
+``l7_rate_buckets`` and that SECURITY DEFINER function belong to the ledger database's
+owner (ledger migration 0004); the least-privileged app role may only EXECUTE the
+function, so it cannot UPDATE or DELETE a bucket back to full, and a caller's rate and
+burst never refill a bucket faster than the limits it was last taken with. The table
+holds actor and approver ids and counters, never request content.
 
 If the database cannot answer, the take fails closed with ``RateLimitDegraded``
 (UNAVAILABLE): a limit we cannot check is not a limit we may skip.
@@ -18,7 +21,7 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import Column, Float, MetaData, String, Table, create_engine, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from l7.errors import ConfigError, LedgerDegraded
@@ -74,33 +77,12 @@ class MemoryBuckets:
         pass
 
 
-_META = MetaData()
-_TABLE = Table(
-    "l7_rate_buckets",
-    _META,
-    Column("bucket", String(64), primary_key=True),
-    Column("key", String(256), primary_key=True),
-    Column("tokens", Float(53), nullable=False),
-    Column("at", Float(53), nullable=False),
-)
-
-# One statement: refill from the elapsed database time, take a token only if one is there.
-_TAKE = text(
-    """
-    INSERT INTO l7_rate_buckets AS b (bucket, key, tokens, at)
-    VALUES (:bucket, :key, :burst - 1, extract(epoch FROM clock_timestamp()))
-    ON CONFLICT (bucket, key) DO UPDATE
-        SET tokens = LEAST(:burst, b.tokens + (EXCLUDED.at - b.at) * :rate) - 1,
-            at = EXCLUDED.at
-        WHERE LEAST(:burst, b.tokens + (EXCLUDED.at - b.at) * :rate) >= 1
-    RETURNING b.tokens
-    """
-)
-_LEVEL = text(
-    """
-    SELECT LEAST(:burst, tokens + (extract(epoch FROM clock_timestamp()) - at) * :rate)
-    FROM l7_rate_buckets WHERE bucket = :bucket AND key = :key
-    """
+# The ledger's migrations (revision 0004) own the table and this function; the app role
+# may only EXECUTE it (ledger.pg_roles), so no session of it can UPDATE a bucket back to full.
+_TAKE = text("SELECT l7_rate_take(:bucket, :key, :rate, :burst)")
+_HAS_TAKE = text(
+    "SELECT has_function_privilege(p.oid, 'EXECUTE') FROM pg_proc p "
+    "WHERE p.proname = 'l7_rate_take' AND p.pronamespace = 'public'::regnamespace"
 )
 
 
@@ -116,30 +98,36 @@ class SqlBuckets:
                 "(leave them per process, or point them at the ledger's PostgreSQL)"
             )
         try:
-            _META.create_all(engine, checkfirst=True)
+            with engine.connect() as conn:
+                may = conn.execute(_HAS_TAKE).scalar_one_or_none()
         except SQLAlchemyError as e:
             engine.dispose()
             raise ConfigError(
-                "cannot create the shared rate-limit table l7_rate_buckets "
-                f"({type(e).__name__}); create it as the database owner or grant the role "
-                "CREATE, then SELECT/INSERT/UPDATE on it"
+                f"cannot reach the shared rate-limit store ({type(e).__name__}); check the "
+                "ledger URL and that the database is up"
             ) from e
+        if not may:
+            engine.dispose()
+            raise ConfigError(
+                "the shared rate-limit function l7_rate_take "
+                + ("is missing" if may is None else "may not be executed by this role")
+                + ": migrate this database with the ledger's migrations (open the ledger "
+                "once as its owner, or run python -m ledger.pg_roles ADMIN_URL APP_ROLE, "
+                "which also grants the app role EXECUTE on it)"
+            )
         self._engine = engine
 
     def take(self, bucket: str, key: str, rate: float, burst: float, now: float) -> float | None:
         args = {"bucket": bucket, "key": key, "rate": rate, "burst": burst}
         try:
             with self._engine.begin() as conn:
-                if conn.execute(_TAKE, args).first() is not None:
-                    return None
-                level = conn.execute(_LEVEL, args).scalar_one_or_none()
+                wait = conn.execute(_TAKE, args).scalar_one()
         except SQLAlchemyError as e:
             raise RateLimitDegraded(
                 f"the shared rate-limit store is unreachable ({type(e).__name__}); refusing "
                 "rather than skipping the limit"
             ) from e
-        tokens = float(level) if level is not None else 0.0
-        return max(0.0, (1 - tokens) / rate)
+        return None if wait is None else max(0.0, float(wait))
 
     def close(self) -> None:
         self._engine.dispose()

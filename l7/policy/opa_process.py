@@ -40,6 +40,7 @@ from l7.errors import ConfigError, PolicyStoreDegraded
 from l7.policy.bundle_server import BUNDLE_RESOURCE, BundleServer
 from l7.policy.readiness import fetch_bundle_status
 from l7.policy.signing import SIGNING_ALG, Signer
+from ledger.files import open_private_append
 
 __all__ = ["BUNDLE_NAME", "OpaProcess", "find_opa", "free_port"]
 
@@ -146,7 +147,7 @@ class OpaProcess:
         if self._bundle_server is None:
             args += ["--bundle", str(self.bundle)]
         self._output = self.log_path or Path(self._tmp.name) / "opa.log"
-        out = open(self._output, "ab")  # noqa: SIM115
+        out = open_private_append(self._output)  # 0600: it can carry decision input
         try:
             self._proc = subprocess.Popen(args, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
         finally:

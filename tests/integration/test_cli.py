@@ -14,6 +14,7 @@ import pytest
 from l7.client import GovernanceClient
 from l7.stack import Stack, StackConfig
 from tests.conftest import EXAMPLES, REPO, request
+from tests.ledger.conftest import restore_sqlite_triggers
 
 pytestmark = pytest.mark.integration
 
@@ -177,6 +178,7 @@ def test_verify_fails_naming_the_tampered_event(
     victim = ids[1]
     con = _attacker(db)
     seqs = tamper(con, victim)
+    restore_sqlite_triggers(con)  # a careful insider leaves the walls as it found them
     con.close()
     r = l7("ledger", "verify", "--ledger", url)
     assert r.returncode == 1, r.stdout
@@ -184,6 +186,18 @@ def test_verify_fails_naming_the_tampered_event(
     assert f"decision {victim}" in r.stderr
     assert any(f"sequence {s} " in r.stderr for s in seqs), (seqs, r.stderr)
     assert "expected" in r.stderr and "found" in r.stderr
+
+
+def test_verify_refuses_a_ledger_whose_trigger_was_dropped(
+    filled_ledger: tuple[str, Path, list[str]],
+) -> None:
+    url, db, _ids = filled_ledger
+    _attacker(db).close()  # walls down and left down
+    r = l7("ledger", "verify", "--ledger", url)
+    assert r.returncode != 0, r.stdout
+    assert "refuses to serve: append-only trigger events_refuse_update on events is missing" in (
+        r.stderr
+    )
 
 
 def test_bundle_verify_passes_for_committed_locks() -> None:

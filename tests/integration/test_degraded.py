@@ -60,7 +60,6 @@ from l7.server.convert import request_to_proto
 from l7.stack import Stack, StackConfig
 from l7.v1 import governance_pb2 as pb
 from ledger import LedgerError, SqlLedger, StoredEvent
-from ledger._engine import WRITE_LOCK_KEY
 from tests.conftest import REPO, flip_one_byte, request, rewrite_bundle
 from tests.integration.openbao import OpenBaoDev
 from tests.ledger.postgres import PostgresCluster
@@ -480,15 +479,14 @@ def _hold_write_lock(w: World) -> None:
     stuck writer): reads still work, but no append can be confirmed."""
     eng = create_engine(w.pg_url, poolclass=NullPool)
     w.lock_holder = eng
-    conn = eng.connect()
-    conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": WRITE_LOCK_KEY})
-    conn.commit()
+    conn = eng.connect()  # the admin (a superuser): beyond the lock function's fence
+    conn.execute(text("LOCK TABLE ledger_write_lock IN EXCLUSIVE MODE"))  # until close
     w.lock_conn = conn
 
 
 def _release_write_lock(w: World) -> None:
     if w.lock_conn is not None:
-        w.lock_conn.close()  # the session ends: PostgreSQL releases its advisory lock
+        w.lock_conn.close()  # the session ends: its transaction and the table lock with it
         w.lock_conn = None
     if w.lock_holder is not None:
         w.lock_holder.dispose()
@@ -532,7 +530,8 @@ def _admin_sql(w: World, statement: str, **params: Any) -> list[Any]:
             conn.execute(text("ALTER TABLE events DISABLE TRIGGER USER"))
             result = conn.execute(text(statement), params)
             rows = list(result) if result.returns_rows else []
-            conn.execute(text("ALTER TABLE events ENABLE TRIGGER USER"))
+            for name in ("events_refuse_update_delete", "events_refuse_truncate"):
+                conn.execute(text(f"ALTER TABLE events ENABLE ALWAYS TRIGGER {name}"))
         return rows
     finally:
         eng.dispose()

@@ -17,7 +17,8 @@ from l7.engine.ratelimit import RateLimited, RateLimiter
 from l7.engine.ratelimit_store import MemoryBuckets, RateLimitDegraded, SqlBuckets
 from l7.errors import ConfigError
 from l7.stack import Stack, StackConfig
-from tests.ledger.postgres import PostgresCluster
+from ledger.pg_roles import provision
+from tests.ledger.postgres import APP_PASSWORD, APP_ROLE, PostgresCluster
 
 pytestmark = pytest.mark.integration
 
@@ -103,3 +104,33 @@ def test_stack_on_postgresql_shares_buckets(pg_url: str, tmp_path: Path) -> None
     with Stack(cfg) as stack:
         assert stack.engine is not None
         assert isinstance(stack.engine.rate_limiter.store, SqlBuckets)
+
+
+def test_engine_on_the_least_privileged_app_role_starts_and_limits(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The app role from ``ledger.pg_roles`` (no UPDATE anywhere, EXECUTE on l7_rate_take):
+    the engine starts on it, and the replicas' shared burst still holds."""
+    app_url = provision(pg_url, APP_ROLE, APP_PASSWORD)
+    cfg = StackConfig(env="local", ledger_url=app_url, work_dir=tmp_path, sweep_interval_s=0)
+    with Stack(cfg) as stack:
+        assert stack.engine is not None
+        assert isinstance(stack.engine.rate_limiter.store, SqlBuckets)
+    a, b = SqlBuckets(app_url), SqlBuckets(app_url)
+    try:
+        ra, rb = RateLimiter(lambda: LIMITS, store=a), RateLimiter(lambda: LIMITS, store=b)
+        assert _granted(ra, 3) + _granted(rb, 3) == 5
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_database_without_the_take_function_is_a_config_error(
+    pg_cluster: PostgresCluster,
+) -> None:
+    name = pg_cluster.create_database()  # empty: never migrated
+    try:
+        with pytest.raises(ConfigError, match=r"l7_rate_take is missing: migrate this database"):
+            SqlBuckets(pg_cluster.url(name))
+    finally:
+        pg_cluster.sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -5,7 +5,10 @@ database (marked ``integration``; the cluster from ``tests.ledger.postgres`` is
 started only when a PostgreSQL test runs). On PostgreSQL the ledger uses the
 least-privileged application role; the attacker is the superuser, who first
 disables the append-only triggers, like someone with DBA access. On SQLite the
-attacker has the file and drops the triggers.
+attacker has the file and drops the triggers. Either puts them back when done (as
+a careful insider would): a wall left down makes the next open refuse to serve
+(``ledger._guards``), so what these attacks test is what the chain and the
+checkpoints catch on their own.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import pytest
 from sqlalchemy import Connection, Engine, create_engine, text
 
 from ledger import EventType, NewEvent, SqlLedger
-from ledger._engine import WRITE_LOCK_KEY
+from ledger._guards import PG_TRIGGERS, SQLITE_TRIGGERS
 from ledger.pg_roles import provision
 from tests.ledger.postgres import (
     APP_PASSWORD,
@@ -63,13 +66,44 @@ class Attacker:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
+    def walls_down(self) -> None:
+        """Drop (SQLite) or disable (PostgreSQL) the append-only triggers of ``events``."""
+        if self._conn.dialect.name == "sqlite":
+            for (name,) in self._conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type='trigger'"
+            ).all():
+                self._conn.exec_driver_sql(f'DROP TRIGGER "{name}"')
+        else:
+            self._conn.exec_driver_sql("ALTER TABLE events DISABLE TRIGGER ALL")
+
+    def walls_up(self) -> None:
+        """Put the triggers back as migrated, so the ledger opens again."""
+        restore_triggers(self._conn)
+
     def execute(self, sql: str, **params: Any) -> list[Any]:
         result = self._conn.execute(text(sql), params)
         return list(result.all()) if result.returns_rows else []
 
 
+def restore_triggers(conn: Connection) -> None:
+    """Put the append-only triggers back as migrated: dropped ones re-created, and on
+    PostgreSQL each enabled ALWAYS."""
+    if conn.dialect.name == "sqlite":
+        have = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master").all()}
+        for name, (_table, sql) in SQLITE_TRIGGERS.items():
+            if name not in have:
+                conn.exec_driver_sql(sql)
+    else:
+        have = {r[0] for r in conn.exec_driver_sql("SELECT tgname FROM pg_trigger").all()}
+        for name, (table, ddl) in PG_TRIGGERS.items():
+            if name not in have:
+                conn.exec_driver_sql(ddl)
+            conn.exec_driver_sql(f"ALTER TABLE {table} ENABLE ALWAYS TRIGGER {name}")
+
+
 class WriteLock:
-    """Holds the ledger's write lock from outside (BEGIN EXCLUSIVE / the advisory lock)."""
+    """Holds the ledger's write lock from outside (BEGIN EXCLUSIVE / LOCK TABLE), as the
+    admin: a superuser's session the lock function cannot fence."""
 
     def __init__(self, engine: Engine, kind: str) -> None:
         self._engine = engine
@@ -78,7 +112,7 @@ class WriteLock:
             self._conn.exec_driver_sql("BEGIN EXCLUSIVE")
         else:  # autocommit engine: an explicit transaction keeps the xact lock
             self._conn.exec_driver_sql("BEGIN")
-            self._conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITE_LOCK_KEY})
+            self._conn.exec_driver_sql("LOCK TABLE ledger_write_lock IN EXCLUSIVE MODE")
 
     def release(self) -> None:
         self._conn.exec_driver_sql("COMMIT")
@@ -126,16 +160,12 @@ class _AttackerSession:
 
     def __enter__(self) -> Attacker:
         self._conn = self._engine.connect()
-        if self._backend.kind == "sqlite":
-            for (name,) in self._conn.exec_driver_sql(
-                "SELECT name FROM sqlite_master WHERE type='trigger'"
-            ).all():
-                self._conn.exec_driver_sql(f'DROP TRIGGER "{name}"')
-        else:
-            self._conn.exec_driver_sql("ALTER TABLE events DISABLE TRIGGER ALL")
-        return Attacker(self._conn)
+        attacker = Attacker(self._conn)
+        attacker.walls_down()
+        return attacker
 
     def __exit__(self, *exc: object) -> None:
+        restore_triggers(self._conn)
         self._conn.close()
         self._engine.dispose()
 
@@ -154,11 +184,20 @@ def new_backend(request: pytest.FixtureRequest, kind: str, tmp: Path) -> Backend
 
 
 def attacker(db: Path) -> sqlite3.Connection:
-    """SQLite only: someone with write access to the file, triggers dropped first."""
+    """SQLite only: someone with write access to the file, triggers dropped first (put them
+    back with ``restore_sqlite_triggers`` before the ledger is opened again)."""
     con = sqlite3.connect(db, isolation_level=None)
     for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
         con.execute(f'DROP TRIGGER "{name}"')
     return con
+
+
+def restore_sqlite_triggers(con: sqlite3.Connection) -> None:
+    """The attacker's sqlite3 connection puts the dropped append-only triggers back."""
+    have = {r[0] for r in con.execute("SELECT name FROM sqlite_master").fetchall()}
+    for name, (_table, sql) in SQLITE_TRIGGERS.items():
+        if name not in have:
+            con.execute(sql)
 
 
 @pytest.fixture

@@ -168,5 +168,6 @@ def test_a_sink_that_cannot_be_opened_or_is_torn_is_refused(
         SqlLedger(backend.url, dual_write="jsonl://relative.jsonl")
     torn = tmp_path / "torn.jsonl"
     torn.write_bytes(b'{"global_seq": 1')
+    torn.chmod(0o600)  # (a readable one is refused before it is read: tests/ledger/test_files.py)
     with pytest.raises(LedgerUnavailable, match=r"unterminated line"):
         SqlLedger(backend.url, dual_write=f"jsonl://{torn}")

@@ -73,7 +73,7 @@ def test_provision_is_idempotent_and_verifies_the_grants(pg_url: str) -> None:
             eng.connect() as conn,
             pytest.raises(
                 LedgerUnavailable,
-                match=r"has \['INSERT', 'SELECT', 'UPDATE'\] on 'events'; expected",
+                match=r"not the least-privileged app role: has UPDATE on table events, which",
             ),
         ):
             check_privileges(conn, APP_ROLE)

@@ -279,8 +279,10 @@ def test_any_single_byte_flip_fails_verification(
         value = bytes(data)
     assume(backend.kind == "sqlite" or "\x00" not in value)  # nor can it hold NUL
     con.execute(f"UPDATE events SET {column}=:v WHERE global_seq=:g", v=value, g=row)
+    con.walls_up()  # as the careful insider leaves them: else the open itself refuses
     try:
         with pytest.raises(IntegrityViolation):
             verify_file(backend.url)
     finally:
+        con.walls_down()
         con.execute(f"UPDATE events SET {column}=:v WHERE global_seq=:g", v=original, g=row)
