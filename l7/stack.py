@@ -138,6 +138,8 @@ class StackConfig:
     checkpoint_public_key: bytes | None = None
     """The checkpoint public key of a ledger service (``grpc://``), for the integrity monitor."""
     integrity_degraded_after_s: float | None = None
+    integrity_full_every: int = 10
+    """Every n-th integrity check re-reads the whole ledger; the others only what is new."""
     """Deny governed actions (``ledger_degraded``) once no integrity check has completed for
     this long (default: three monitor intervals)."""
 
@@ -376,6 +378,8 @@ class Stack:
                     origin=cfg.origin or default_origin(cfg.env) if ledger_opts else None,
                     witnesses=witnesses,
                     degraded_after_s=cfg.integrity_degraded_after_s,
+                    tier_keys=trust.keys,
+                    full_every=cfg.integrity_full_every,
                 )
                 # A monitor that cannot run for too long denies governed actions.
                 restriction.health = self.monitor.degraded

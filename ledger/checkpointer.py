@@ -37,9 +37,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from ledger.audit import verify_checkpoint_chain, verify_log
+from ledger.attestation import TierKeys
+from ledger.audit import verify_checkpoint_chain
 from ledger.checkpoint import Checkpoint
 from ledger.errors import IntegrityViolation, LedgerError, LedgerUnavailable
+from ledger.incremental import IncrementalAudit
 from ledger.interface import AuditableLedger, EventType, NewEvent
 from ledger.merkle import ProofInvalid
 from ledger.note import Cosignature, VerifierKey
@@ -172,8 +174,18 @@ class IntegrityMonitor(_Periodic):
         witness_keys: Sequence[VerifierKey] = (),
         degraded_after_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tier_keys: TierKeys | None = None,
+        full_every: int = 20,
     ) -> None:
         super().__init__(every_s, "ledger-integrity-monitor")
+        self.tier_keys = tier_keys
+        """Pinned tier keys: each check also verifies the new events' tier attestations
+        and that no authority event is unsigned (docs/0012)."""
+        self.full_every = max(1, full_every)
+        """Every ``full_every``-th check re-reads the whole ledger; the others read only
+        what was appended since (``ledger.incremental``)."""
+        self._incremental: IncrementalAudit | None = None
+        self._since_full = 0
         self.ledger = ledger
         self.on_failure = on_failure
         self.public_key = public_key
@@ -237,31 +249,34 @@ class IntegrityMonitor(_Periodic):
         )
         witnessed = self._witnessed(origin) if origin is not None else []
         seen = [self._seen] if self._seen is not None else []
-        if not cps and not witnessed and not seen:
+        local = bool(getattr(self.ledger, "rows_are_local", False))
+        if not cps and not witnessed and not seen and not local:
             # Nothing signed yet anywhere: the chains and the global sequence alone.
             self.ledger.verify()
             return
-        if self.public_key is None:
+        if self.public_key is None and (cps or witnessed or seen):
             raise LedgerUnavailable(
                 "the ledger has signed checkpoints but this monitor has no checkpoint public "
                 "key to verify them with; configure the log's public key"
             )
         cosigs_fn = getattr(self.ledger, "cosignatures", None)
         cosigs: dict[int, list[Cosignature]] = cosigs_fn() if callable(cosigs_fn) else {}
-        if getattr(self.ledger, "rows_are_local", False):
-            verify_log(
-                self.ledger.iter_rows(),
-                cps,
-                self.public_key,
-                origin=origin,
-                cosignatures=cosigs,
-                witness_keys=self.witness_keys,
-                witnessed=witnessed,
-                seen=seen,
-                total=self.ledger.count(),
+        if local:
+            self._since_full += 1
+            if self._incremental is None or self._since_full >= self.full_every:
+                self._since_full = 0  # a full pass: every row again, from scratch
+                self._incremental = IncrementalAudit(
+                    self.public_key or b"",
+                    origin=origin,
+                    witness_keys=self.witness_keys,
+                    tier_keys=self.tier_keys,
+                )
+            self._incremental.advance(
+                self.ledger, cps, cosignatures=cosigs, witnessed=witnessed, seen=seen
             )
         else:
             # A ledger service: it audits the rows; the signed evidence is checked here.
+            assert self.public_key is not None  # refused above when anything is signed
             verify_checkpoint_chain(
                 cps,
                 self.public_key,
@@ -286,13 +301,16 @@ class IntegrityMonitor(_Periodic):
         if cps and (self._seen is None or cps[-1].index >= self._seen.index):
             self._seen = cps[-1]
 
-    def check_now(self) -> IntegrityViolation | None:
-        """Run one check now; returns the violation found (already reported), or None.
+    def check_now(self, *, full: bool = False) -> IntegrityViolation | None:
+        """Run one check now (``full``: re-read the whole ledger, not only what is new);
+        returns the violation found (already reported), or None.
 
         A check that cannot run (LedgerUnavailable and other non-integrity errors) is logged
         and returns None; ``degraded()`` turns it into a denial once it lasts too long.
         """
         with self._lock:
+            if full:
+                self._incremental = None
             try:
                 self._check()
             except IntegrityViolation as e:

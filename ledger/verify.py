@@ -45,7 +45,7 @@ from ledger.interface import (
     VerifyReport,
 )
 
-__all__ = ["VerifyRow", "verify_file", "verify_rows"]
+__all__ = ["RowVerifier", "VerifyRow", "verify_file", "verify_rows"]
 
 PROGRESS_EVERY = 10_000
 _EVENT_TYPES = frozenset(t.value for t in EventType)
@@ -105,6 +105,107 @@ def _fail(row: VerifyRow, what: str, expected: str, actual: str) -> IntegrityVio
     )
 
 
+class RowVerifier:
+    """``verify_rows`` as a stateful, incremental checker: ``feed`` rows in global order
+    (one call or many: the stream heads and the expected global_seq carry over), then
+    ``report``. The integrity monitor keeps one across checks so each check reads only
+    the rows appended since the last one."""
+
+    def __init__(self) -> None:
+        self.heads: dict[str, tuple[int, str]] = {}
+        self.expected_g = 1
+        self.head_hash: str = GENESIS_HASH
+        self.events = 0
+
+    def feed(
+        self,
+        rows: Iterable[tuple[Any, ...]],
+        *,
+        total: int | None = None,
+        progress: ProgressFn | None = None,
+    ) -> None:
+        """Check each row; raise IntegrityViolation at the first failure."""
+        heads = self.heads
+        sha256 = hashlib.sha256
+        loads = json.loads
+        genesis = (0, GENESIS_HASH)
+        expected_g = self.expected_g
+        n = self.events
+        try:
+            for raw in rows:
+                g, did, seq, eid, etype, at, actor, pv, ukey, prev, stored, body = raw
+                if isinstance(body, str):  # tolerate callers that pass the TEXT column as str
+                    body = body.encode("utf-8", "surrogateescape")
+                last_seq, last_hash = heads.get(did, genesis)
+                # 1. stream sequence
+                if seq != last_seq + 1:
+                    raise _fail(
+                        VerifyRow(*raw), "sequence_gap", f"sequence {last_seq + 1}", f"{seq}"
+                    )
+                # 2. chain link
+                if prev != last_hash:
+                    raise _fail(VerifyRow(*raw), "chain_break", f"prev_hash {last_hash}", f"{prev}")
+                # 3. hash of the stored bytes
+                try:
+                    recomputed = sha256(prev.encode("ascii") + body).hexdigest()
+                except (UnicodeEncodeError, AttributeError, TypeError) as e:
+                    raise _fail(
+                        VerifyRow(*raw), "hash_mismatch", "hashable prev_hash/body", repr(e)
+                    ) from e
+                if recomputed != stored:
+                    raise _fail(VerifyRow(*raw), "hash_mismatch", f"hash {recomputed}", f"{stored}")
+                # 4. indexed columns against the body (fast path, then the slow path names
+                #    the field)
+                try:
+                    b = loads(body)
+                    ok = (
+                        b.keys() == BODY_FIELDS
+                        and b["event_id"] == eid
+                        and b["decision_id"] == did
+                        and b["event_type"] == etype
+                        and b["actor"] == actor
+                        and b["unique_key"] == ukey
+                        and b["policy_version"] == pv
+                        and b["timestamps"] == {"at": at}
+                        and b["schema_version"] == SCHEMA_VERSION
+                        and etype in _EVENT_TYPES
+                    )
+                except (ValueError, TypeError, AttributeError, KeyError):
+                    ok = False
+                if not ok:
+                    row = VerifyRow(*raw)
+                    problem = _body_problem(row, body) or (
+                        "body consistent with columns",
+                        "mismatch",
+                    )
+                    raise _fail(row, "body_mismatch", *problem)
+                # 5. global sequence (after the stream checks, so a hole inside a stream is
+                #    reported as that stream's sequence_gap, which names the stream)
+                if g != expected_g:
+                    what = "global_gap" if g > expected_g else "global_order"
+                    raise _fail(
+                        VerifyRow(*raw), what, f"global_seq {expected_g}", f"global_seq {g}"
+                    )
+                heads[did] = (seq, stored)
+                self.head_hash = stored
+                expected_g = g + 1
+                n += 1
+                if progress is not None and n % PROGRESS_EVERY == 0:
+                    progress(n, max(total or 0, n))
+        finally:
+            self.expected_g, self.events = expected_g, n
+        if progress is not None:
+            progress(n, max(total or 0, n))
+
+    def report(self) -> VerifyReport:
+        return VerifyReport(
+            events=self.events,
+            streams=len(self.heads),
+            last_global_seq=self.expected_g - 1,
+            head_hash=EventHash(self.head_hash),
+        )
+
+
 def verify_rows(
     rows: Iterable[tuple[Any, ...]],
     *,
@@ -112,68 +213,9 @@ def verify_rows(
     progress: ProgressFn | None = None,
 ) -> VerifyReport:
     """Check every row (in global_seq order); raise IntegrityViolation at the first failure."""
-    heads: dict[str, tuple[int, str]] = {}
-    sha256 = hashlib.sha256
-    loads = json.loads
-    genesis = (0, GENESIS_HASH)
-    expected_g = 1
-    head_hash: str = GENESIS_HASH
-    n = 0
-    for raw in rows:
-        g, did, seq, eid, etype, at, actor, pv, ukey, prev, stored, body = raw
-        if isinstance(body, str):  # tolerate callers that pass the TEXT column as str
-            body = body.encode("utf-8", "surrogateescape")
-        last_seq, last_hash = heads.get(did, genesis)
-        # 1. stream sequence
-        if seq != last_seq + 1:
-            raise _fail(VerifyRow(*raw), "sequence_gap", f"sequence {last_seq + 1}", f"{seq}")
-        # 2. chain link
-        if prev != last_hash:
-            raise _fail(VerifyRow(*raw), "chain_break", f"prev_hash {last_hash}", f"{prev}")
-        # 3. hash of the stored bytes
-        try:
-            recomputed = sha256(prev.encode("ascii") + body).hexdigest()
-        except (UnicodeEncodeError, AttributeError, TypeError) as e:
-            raise _fail(VerifyRow(*raw), "hash_mismatch", "hashable prev_hash/body", repr(e)) from e
-        if recomputed != stored:
-            raise _fail(VerifyRow(*raw), "hash_mismatch", f"hash {recomputed}", f"{stored}")
-        # 4. indexed columns against the body (fast path, then the slow path names the field)
-        try:
-            b = loads(body)
-            ok = (
-                b.keys() == BODY_FIELDS
-                and b["event_id"] == eid
-                and b["decision_id"] == did
-                and b["event_type"] == etype
-                and b["actor"] == actor
-                and b["unique_key"] == ukey
-                and b["policy_version"] == pv
-                and b["timestamps"] == {"at": at}
-                and b["schema_version"] == SCHEMA_VERSION
-                and etype in _EVENT_TYPES
-            )
-        except (ValueError, TypeError, AttributeError, KeyError):
-            ok = False
-        if not ok:
-            row = VerifyRow(*raw)
-            problem = _body_problem(row, body) or ("body consistent with columns", "mismatch")
-            raise _fail(row, "body_mismatch", *problem)
-        # 5. global sequence (after the stream checks, so a hole inside a stream is
-        #    reported as that stream's sequence_gap, which names the stream)
-        if g != expected_g:
-            what = "global_gap" if g > expected_g else "global_order"
-            raise _fail(VerifyRow(*raw), what, f"global_seq {expected_g}", f"global_seq {g}")
-        heads[did] = (seq, stored)
-        head_hash = stored
-        expected_g = g + 1
-        n += 1
-        if progress is not None and n % PROGRESS_EVERY == 0:
-            progress(n, max(total or 0, n))
-    if progress is not None:
-        progress(n, max(total or 0, n))
-    return VerifyReport(
-        events=n, streams=len(heads), last_global_seq=expected_g - 1, head_hash=EventHash(head_hash)
-    )
+    checker = RowVerifier()
+    checker.feed(rows, total=total, progress=progress)
+    return checker.report()
 
 
 def verify_file(path_or_url: str | Path, progress: ProgressFn | None = None) -> VerifyReport:

@@ -267,6 +267,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
         monitor = IntegrityMonitor(
             led,
             every_s=a.integrity_every_s,
+            tier_keys=trust.keys,
+            full_every=a.integrity_full_every,
             on_failure=lambda e: print(f"INTEGRITY FAILURE: {e}", file=sys.stderr),
             public_key=signer.public_key_raw if signer is not None else None,
             witnesses=opts["witnesses"],
@@ -341,7 +343,8 @@ def add_ledger_commands(sub: Any, ledger_flag: Any) -> None:
     srv.add_argument("--subject-claim", default="sub")
     add_checkpoint_arguments(srv)
     srv.add_argument("--dual-write", help="second sink, jsonl:///path")
-    srv.add_argument("--integrity-every-s", type=float, default=300.0)
+    srv.add_argument("--integrity-every-s", type=float, default=30.0)
+    srv.add_argument("--integrity-full-every", type=int, default=10)
     srv.add_argument("--env", default="local", help="environment whose trust file applies")
     add_trust_flags(srv, signer=False)
     add_tls_flag(srv, "ledger")

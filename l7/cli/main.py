@@ -169,6 +169,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
             envelope=Envelope(bao, a.transit_key) if bao and a.transit_key else None,
             ledger_token=os.environ.get("L7_LEDGER_TOKEN"),
             integrity_check_s=a.integrity_every_s,
+            integrity_full_every=a.integrity_full_every,
             cert_dir=tls_dir(a),
             rate_limit_url=a.rate_limit_db,
             grant_key=Path(a.grant_key) if a.grant_key else None,
@@ -396,7 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
     bao_flags(sp)
     sp.add_argument("--transit-key", help="OpenBao transit key for envelope fields")
     sp.add_argument(
-        "--integrity-every-s", type=float, default=300.0, help="re-verify the ledger (0: off)"
+        "--integrity-every-s",
+        type=float,
+        default=30.0,
+        help="check what the ledger appended since the last check this often (0: off)",
+    )
+    sp.add_argument(
+        "--integrity-full-every",
+        type=int,
+        default=10,
+        help="every n-th integrity check re-reads the whole ledger (default 10: every 300 s)",
     )
     sp.add_argument(
         "--integrity-degraded-after-s",
