@@ -42,6 +42,7 @@ from l7.policy.bundle import DEFAULT_SIGNING_KEY, BuiltBundle, verify_built, ver
 from l7.policy.evaluator import OpaEvaluator
 from l7.policy.opa_process import BUNDLE_NAME, OpaProcess, find_opa
 from l7.policy.readiness import PolicyReadiness, ReadinessGatedEvaluator
+from l7.policy.signing import load_or_create_signing_key
 from l7.secrets.envelope import Envelope
 from l7.secrets.interface import SecretStore
 from l7.server.app import create_server
@@ -99,8 +100,10 @@ class StackConfig:
     integrity_check_s: float = 0.0
     """Re-verify the ledger this often (0: never); a failure enters restriction mode."""
     bundle_signing_key: Path | None = None
-    """ES256 key signing the locked bundle (created if missing);
-    default <work_dir>/keys/bundle-signing.pem."""
+    """ES256 key signing the locked bundle (``--bundle-signing-key``). It must be pinned in
+    the trust file's ``bundle_signers``; where the trust file says ``local_keys: false``
+    (staging, production) it is required and never created. Default, under local keys
+    only: <work_dir>/keys/bundle-signing.pem, created if missing."""
     allow_rollback: bool = False
     """Activate a bundle revision older than the newest ever activated (--allow-rollback)."""
     rate_limit_url: str | None = None
@@ -233,6 +236,28 @@ class Stack:
         host = self.config.addr.rsplit(":", 1)[0]
         return f"{host}:{self.gateway_port}"
 
+    def _bundle_signing_key(self, trust: TrustFile) -> Path | None:
+        """The key signing the locked bundle, refused before anything starts unless the
+        trust file allows it: staging and production name a pinned key with
+        ``--bundle-signing-key``; the engine never creates one for them."""
+        cfg = self.config
+        if cfg.opa_url:
+            return None  # an external OPA: no bundle is built here
+        signers = trust.signers()
+        signers.require()
+        if cfg.bundle_signing_key is None and not signers.own_key:
+            pinned = ", ".join(s.kid for s in signers.pinned)
+            raise ConfigError(
+                f"refusing to serve {cfg.env} without --bundle-signing-key: its bundles may "
+                f"be signed only by the keys {trust.path} pins ({pinned}), and an engine "
+                f"never creates a signing key for {cfg.env}; pass the pinned key's file"
+            )
+        key = cfg.bundle_signing_key or cfg.work_dir / DEFAULT_SIGNING_KEY
+        if signers.pinned:
+            _, signer = load_or_create_signing_key(key, create=False)
+            signers.check(signer)
+        return key
+
     def start(self) -> Stack:
         cfg = self.config
         check_production_posture(cfg)
@@ -241,6 +266,7 @@ class Stack:
             trust = load_trust(
                 cfg.env, repo_root=cfg.repo_root, work_dir=cfg.work_dir, override=cfg.trust_file
             )
+            bundle_key = self._bundle_signing_key(trust)  # before any key or process is made
             engine_key, trust = load_tier_signer(
                 Tier.ENGINE, trust, key_path=cfg.tier_key, work_dir=cfg.work_dir
             )
@@ -271,16 +297,19 @@ class Stack:
                 evaluator: PolicyEvaluator = OpaEvaluator(cfg.opa_url)
             else:
                 opa_bin = find_opa(str(cfg.opa_bin) if cfg.opa_bin else None)
+                signers = trust.signers()
                 self.bundle = verify_lock(
                     cfg.env,
                     repo_root=cfg.repo_root,
                     out_dir=cfg.work_dir / "bundles",
                     opa_bin=opa_bin,
-                    signing_key=cfg.bundle_signing_key or cfg.work_dir / DEFAULT_SIGNING_KEY,
+                    signing_key=bundle_key,
+                    signers=signers,
                 )
                 logs = cfg.work_dir / "logs"
                 private_dir(logs)  # 0700: OPA's log can carry decision input
-                verify_built(self.bundle)  # the file OPA is about to load is the one we signed
+                # the file OPA is about to load is the one we signed, with a key pinned for env
+                verify_built(self.bundle, signers.trusted(self.bundle.signer))
                 self.opa = OpaProcess(
                     self.bundle.path,
                     opa_bin=opa_bin,

@@ -4,7 +4,8 @@
 
     {"environment": "production", "version": 1, "local_keys": false,
      "tiers": {"engine":  [{"kid": "...", "public_key": "<base64 raw Ed25519>"}],
-               "gateway": [...], "ledger": [...]}}
+               "gateway": [...], "ledger": [...]},
+     "bundle_signers": [{"kid": "l7b-...", "public_key": "<ES256 public key PEM>"}]}
 
 Readers of the ledger honour an authority event only when an attestation signed by a key
 pinned here for a tier that owns that event type covers it (``ledger.attestation``).
@@ -14,6 +15,12 @@ stack create its tier keys on first use under ``<work_dir>/keys/`` and trust the
 through ``<work_dir>/trust/<env>.json``, a file the stack writes (committed entries plus
 the local keys). Staging and production never do: an engine or gateway whose key is not
 pinned in the committed file refuses to start.
+
+``bundle_signers`` pins the ES256 keys allowed to sign the environment's policy bundles
+(``l7.policy.signing.BundleSigners``; docs/0006). Where ``local_keys`` is false at least
+one must be pinned, and an engine signs with ``--bundle-signing-key`` holding one of
+them, never with a key it created; under ``local_keys`` an empty list trusts the work
+dir's own key. A file without the field pins no signer (so it fails closed).
 """
 
 from __future__ import annotations
@@ -34,20 +41,24 @@ from l7.crypto import (
     public_key_b64,
     save_private_key,
 )
-from l7.errors import ConfigError
+from l7.errors import BundleError, ConfigError
+from l7.policy.signing import BundleSigners, Signer, parse_signers
 from ledger.attestation import Tier, TierKeys
 
 __all__ = [
     "LOCAL_KEY_ENVS",
     "TrustFile",
+    "committed_trust_path",
     "load_tier_signer",
     "load_trust",
+    "pin_bundle_signer",
     "tier_key_path",
 ]
 
 LOCAL_KEY_ENVS = frozenset({"local", "dev"})
 """Environments whose trust file may say ``local_keys: true``."""
 _FIELDS = frozenset({"environment", "version", "local_keys", "tiers"})
+_OPTIONAL = frozenset({"bundle_signers"})
 
 
 @dataclass(frozen=True)
@@ -59,18 +70,32 @@ class TrustFile:
     pinned: Mapping[str, tuple[Tier, bytes]]
     """key id -> (tier, raw Ed25519 public key)."""
     path: Path
+    bundle_signers: tuple[Signer, ...] = ()
+    """ES256 keys allowed to sign this environment's policy bundles."""
 
     @property
     def keys(self) -> TierKeys:
         return TierKeys(self.pinned)
 
+    def signers(self) -> BundleSigners:
+        """Who may sign this environment's bundles (``local_keys``: else the own key)."""
+        return BundleSigners(
+            env=self.environment,
+            pinned=self.bundle_signers,
+            own_key=self.local_keys,
+            source=str(self.path),
+        )
+
     @classmethod
     def from_dict(cls, data: object, *, path: Path) -> TrustFile:
         """Parse strictly: exact fields, known tiers, 32-byte keys, ids that match keys."""
         where = str(path)
-        if not isinstance(data, dict) or set(data) != _FIELDS:
+        if not isinstance(data, dict) or not _FIELDS <= set(data) <= _FIELDS | _OPTIONAL:
             got = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise ConfigError(f"{where}: expected exactly the fields {sorted(_FIELDS)}, got {got}")
+            raise ConfigError(
+                f"{where}: expected the fields {sorted(_FIELDS)} (and optionally "
+                f"{sorted(_OPTIONAL)}), got {got}"
+            )
         if data["version"] != 1:
             raise ConfigError(f"{where}: version must be 1, got {data['version']!r}")
         env, local = data["environment"], data["local_keys"]
@@ -101,10 +126,22 @@ class TrustFile:
                 if kid in pinned:
                     raise ConfigError(f"{where}: key id {kid} is pinned twice")
                 pinned[kid] = (tier, raw)
-        return cls(env, local, pinned, path)
+        try:
+            signers = parse_signers(
+                data.get("bundle_signers", []), where=f"{where}: bundle_signers"
+            )
+        except BundleError as e:
+            raise ConfigError(str(e)) from e
+        return cls(env, local, pinned, path, signers)
 
     def with_local(self, extra: Mapping[str, tuple[Tier, bytes]]) -> TrustFile:
-        return TrustFile(self.environment, self.local_keys, {**self.pinned, **extra}, self.path)
+        return TrustFile(
+            self.environment,
+            self.local_keys,
+            {**self.pinned, **extra},
+            self.path,
+            self.bundle_signers,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         tiers: dict[str, list[dict[str, str]]] = {t.value: [] for t in Tier}
@@ -117,6 +154,9 @@ class TrustFile:
             "version": 1,
             "local_keys": self.local_keys,
             "tiers": tiers,
+            "bundle_signers": [
+                {"kid": s.kid, "public_key": s.public_key_pem} for s in self.bundle_signers
+            ],
         }
 
 
@@ -160,13 +200,38 @@ def load_trust(
     dir created (``<work_dir>/trust/<env>.json``)."""
     if override is not None:
         return _read(override)
-    trust = _read(repo_root / "bundles" / f"{env}.trust.json")
+    trust = _read(committed_trust_path(env, repo_root))
     if trust.environment != env:
         raise ConfigError(f"{trust.path} is for environment {trust.environment}, not {env}")
     local = _local_path(work_dir, env)
     if trust.local_keys and local.exists():
         trust = trust.with_local(_read(local).pinned)
     return trust
+
+
+def committed_trust_path(env: str, repo_root: Path) -> Path:
+    return repo_root / "bundles" / f"{env}.trust.json"
+
+
+def pin_bundle_signer(env: str, signer: Signer, *, repo_root: Path) -> tuple[Path, bool]:
+    """Add ``signer`` to ``bundle_signers`` in the committed trust file of ``env`` (the
+    key holder's step, reviewed in git like every pin). Returns the file and whether it
+    changed; every other byte of the file's content is kept."""
+    path = committed_trust_path(env, repo_root)
+    trust = _read(path)
+    if trust.environment != env:
+        raise ConfigError(f"{path} is for environment {trust.environment}, not {env}")
+    if any(s.kid == signer.kid for s in trust.bundle_signers):
+        return path, False
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["bundle_signers"] = [
+        *data.get("bundle_signers", []),
+        {"kid": signer.kid, "public_key": signer.public_key_pem},
+    ]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path, True
 
 
 def tier_key_path(work_dir: Path, tier: Tier) -> Path:

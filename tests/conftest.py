@@ -91,12 +91,14 @@ def flip_one_byte(member: str) -> Callable[[str, bytes], bytes]:
 
 
 def shared_tier_keys(directory: Path, env: str = "local") -> dict[str, Path]:
-    """Engine and gateway tier keys made now, and a trust file pinning both: the
-    ``StackConfig`` fields that let several replicas (each with its own work dir) sign as
-    one deployment, as operators pin one key per tier (docs/0012)."""
+    """Engine and gateway tier keys and a bundle-signing key made now, and a trust file
+    pinning them (``local_keys: false``): the ``StackConfig`` fields that let several
+    replicas (each with its own work dir) sign as one deployment, as operators pin one key
+    per tier and the bundle signers (docs/0012, docs/0006)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from l7.crypto import Ed25519Signer, load_private_key, save_private_key
+    from l7.policy.signing import load_or_create_signing_key
     from l7.trust import public_entry
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -108,9 +110,21 @@ def shared_tier_keys(directory: Path, env: str = "local") -> dict[str, Path]:
             save_private_key(path, Ed25519PrivateKey.generate())
         tiers[tier].append(public_entry(Ed25519Signer(load_private_key(path))))
         out[field] = path
+    out["bundle_signing_key"] = directory / "bundle-signing.pem"
+    _, bundle_signer = load_or_create_signing_key(out["bundle_signing_key"])
     trust = directory / f"{env}.trust.json"
     trust.write_text(
-        json.dumps({"environment": env, "version": 1, "local_keys": False, "tiers": tiers})
+        json.dumps(
+            {
+                "environment": env,
+                "version": 1,
+                "local_keys": False,
+                "tiers": tiers,
+                "bundle_signers": [
+                    {"kid": bundle_signer.kid, "public_key": bundle_signer.public_key_pem}
+                ],
+            }
+        )
     )
     out["trust_file"] = trust
     return out

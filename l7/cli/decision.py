@@ -40,9 +40,9 @@ from l7.errors import BundleError, ConfigError, L7Error, LedgerDegraded, PolicyS
 from l7.policy.bundle import (
     DEFAULT_SIGNING_KEY,
     BuiltBundle,
+    committed_signers,
     open_stored_bundle,
     read_activations,
-    read_lock,
     stored_revisions,
 )
 from l7.policy.evaluator import OpaEvaluator
@@ -220,15 +220,15 @@ def _trusted(a: argparse.Namespace, env: str, work_dir: Path, repo_root: Path) -
         except OSError as e:
             raise ConfigError(f"--trust-key {p}: cannot read it: {e}") from e
         out.append(signer_of(load_public_key(pem, where=f"--trust-key {p}")))
-    own = work_dir / f"{DEFAULT_SIGNING_KEY}.pub"
-    if own.is_file():
-        out.append(signer_of(load_public_key(own.read_bytes(), where=str(own))))
     try:
-        lock = read_lock(env, repo_root)
-        if lock.signing is not None:
-            out.extend(lock.signing.signers)
-    except BundleError:
-        pass
+        signers = committed_signers(env, repo_root)
+    except BundleError:  # no trust file for env: only --trust-key keys
+        return out
+    out.extend(signers.pinned)
+    own = work_dir / f"{DEFAULT_SIGNING_KEY}.pub"
+    if signers.own_key and not signers.pinned and own.is_file():
+        # only where the env trusts a deployment's own key (local, dev), as the engine did
+        out.append(signer_of(load_public_key(own.read_bytes(), where=str(own))))
     return out
 
 
@@ -406,15 +406,18 @@ def add_replay_command(dsub: Any, ledger_flag: Callable[[argparse.ArgumentParser
         help="the engine's work dir, holding the bundle store (bundles/<digest>.tar.gz)",
     )
     rp.add_argument(
-        "--repo-root", default=str(REPO_ROOT), help="where bundles/<env>.lock.json pin signers"
+        "--repo-root",
+        default=str(REPO_ROOT),
+        help="where bundles/<env>.trust.json pins the bundle signers",
     )
     rp.add_argument("--env", default=None, help="bundle environment, if no activation names it")
     rp.add_argument(
         "--trust-key",
         action="append",
         metavar="PEM",
-        help="a trusted bundle-signing public key (repeatable); the work dir's own key and "
-        "the lock's pinned signers are trusted too",
+        help="a trusted bundle-signing public key (repeatable); the trust file's pinned "
+        "bundle signers are trusted too, and the work dir's own key where the environment "
+        "pins none and allows local keys",
     )
     rp.add_argument(
         "--against-revision",

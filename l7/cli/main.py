@@ -26,6 +26,7 @@ from l7.cli.witness_cmds import add_witness_commands
 from l7.engine.state import fold_decision
 from l7.errors import ConfigError, L7Error, RequestInvalid
 from l7.identity import TokenVerifier
+from l7.policy.signing import BundleSigners
 from l7.signed_ledger import SignedLedger
 from l7.stack import REPO_ROOT, Stack, StackConfig, connect_ledger
 from l7.tls import server_tls
@@ -177,6 +178,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
             work_dir=Path(a.work_dir),
             trust_file=Path(a.trust_file) if a.trust_file else None,
             tier_key=Path(a.tier_key) if a.tier_key else None,
+            bundle_signing_key=Path(a.bundle_signing_key) if a.bundle_signing_key else None,
             **_checkpoint_config(a),
         )
     )
@@ -245,21 +247,45 @@ def cmd_decision_show(a: argparse.Namespace) -> int:
     return 0
 
 
+def _bundle_key(
+    signers: BundleSigners, given: str | None, work_dir: Path, *, pin: bool
+) -> Path | None:
+    """The key ``l7 bundle`` signs ``signers.env`` with: ``--signing-key``, else the work
+    dir's own key where the environment may use one, else none (an unsigned build that
+    checks or writes the lock only). Refused before building unless the key may sign:
+    pinned, or (with ``--pin-signer``) about to be pinned by its holder."""
+    from l7.policy.bundle import DEFAULT_SIGNING_KEY
+    from l7.policy.signing import load_or_create_signing_key
+
+    if pin:
+        if given is None and not signers.own_key:
+            raise ConfigError(
+                f"--pin-signer for {signers.env} needs --signing-key KEY: the key its holder "
+                "made outside the repository (created there now if missing)"
+            )
+        return Path(given) if given else work_dir / DEFAULT_SIGNING_KEY
+    signers.require()
+    if given is None and not signers.own_key:
+        return None
+    key = Path(given) if given else work_dir / DEFAULT_SIGNING_KEY
+    if signers.pinned:
+        _, signer = load_or_create_signing_key(key, create=False)
+        signers.check(signer)
+    return key
+
+
 def cmd_bundle(a: argparse.Namespace) -> int:
-    from l7.policy.bundle import (
-        DEFAULT_SIGNING_KEY,
-        build_bundle,
-        promote,
-        verify_lock,
-        write_lock,
-    )
+    from l7.policy.bundle import build_bundle, committed_signers, promote, verify_lock, write_lock
     from l7.policy.opa_process import find_opa
+    from l7.policy.signing import load_or_create_signing_key
+    from l7.trust import pin_bundle_signer
 
     opa_bin = find_opa(a.opa_bin)
     work_dir = REPO_ROOT / ".build"
     out_dir = work_dir / "bundles"
-    key = Path(a.signing_key) if a.signing_key else work_dir / DEFAULT_SIGNING_KEY
     if a.bundle_cmd == "promote":
+        signers = committed_signers(a.to_env, REPO_ROOT)
+        key = _bundle_key(signers, a.signing_key, work_dir, pin=False)
         built, summary = promote(
             a.from_env,
             a.to_env,
@@ -267,27 +293,53 @@ def cmd_bundle(a: argparse.Namespace) -> int:
             out_dir=out_dir,
             opa_bin=opa_bin,
             signing_key=key,
+            signers=signers,
         )
         print("\n".join(summary))
         print(f"{a.to_env}: lock updated; review 'git diff bundles/{a.to_env}.lock.json'")
         return 0
     envs = a.env or sorted(p.name for p in (REPO_ROOT / "bundles").iterdir() if p.is_dir())
+    pin = a.bundle_cmd == "build" and a.pin_signer
     for env in envs:
+        signers = committed_signers(env, REPO_ROOT)
+        key = _bundle_key(signers, a.signing_key, work_dir, pin=pin)
+        note = (
+            f"not signed here: sign with a key {signers.source} pins "
+            "(--signing-key; l7 serve --bundle-signing-key)"
+        )
         if a.bundle_cmd == "build":
+            if pin and key is not None:
+                _, signer = load_or_create_signing_key(key)  # the holder's own key ceremony
+                path, changed = pin_bundle_signer(env, signer, repo_root=REPO_ROOT)
+                done = "pinned" if changed else "already pins"
+                print(f"{env}: {done} signer {signer.kid} in {path}")
+                signers = committed_signers(env, REPO_ROOT)
             built = build_bundle(
-                env, repo_root=REPO_ROOT, out_dir=out_dir, opa_bin=opa_bin, signing_key=key
+                env,
+                repo_root=REPO_ROOT,
+                out_dir=out_dir,
+                opa_bin=opa_bin,
+                signing_key=key,
+                create_key=signers.own_key and not signers.pinned,
             )
-            write_lock(built, REPO_ROOT, pin_signer=a.pin_signer)
-            kid = built.signer.kid if built.signer else "unsigned"
-            print(
-                f"{env}: revision {built.revision} signed by {kid} -> {built.path} (lock updated)"
-            )
+            if built.signer is not None:
+                signers.check(built.signer)
+            else:
+                signers.require()
+            write_lock(built, REPO_ROOT)
+            kid = f"signed by {built.signer.kid}" if built.signer else note
+            print(f"{env}: revision {built.revision} {kid} -> {built.path} (lock updated)")
         else:
             built = verify_lock(
-                env, repo_root=REPO_ROOT, out_dir=out_dir, opa_bin=opa_bin, signing_key=key
+                env,
+                repo_root=REPO_ROOT,
+                out_dir=out_dir,
+                opa_bin=opa_bin,
+                signing_key=key,
+                signers=signers,
             )
-            kid = built.signer.kid if built.signer else "unsigned"
-            print(f"{env}: lock matches, revision {built.revision}, signature by {kid} verified")
+            how = f"signature by {built.signer.kid} verified" if built.signer else note
+            print(f"{env}: lock matches, revision {built.revision}, {how}")
     return 0
 
 
@@ -449,6 +501,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="PostgreSQL URL for rate-limit buckets shared by all engine replicas "
         "(default: the ledger's database when --ledger is PostgreSQL; else per process)",
     )
+    sp.add_argument(
+        "--bundle-signing-key",
+        help="ES256 key signing the locked policy bundle; must be pinned in the trust file's "
+        "bundle_signers. Required where the trust file says local_keys: false (staging, "
+        "production: never created); default under local keys: "
+        "<work-dir>/keys/bundle-signing.pem, created if missing",
+    )
     add_tls_flag(sp, "engine")
     add_trust_flags(sp, signer=True)
     ledger_flag(sp)
@@ -479,7 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("bundle", help="build, verify or promote signed policy bundles")
     bsub = sp.add_subparsers(dest="bundle_cmd", required=True, metavar="SUBCOMMAND")
-    key_help = "ES256 private key PEM (default .build/keys/bundle-signing.pem, created if missing)"
+    key_help = (
+        "ES256 private key PEM; must be pinned in bundles/<env>.trust.json bundle_signers. "
+        "Default where the env allows local keys: .build/keys/bundle-signing.pem (created "
+        "if missing); elsewhere none: the lock is built or checked unsigned"
+    )
     for name, text in (
         ("build", "build, sign and update the lock"),
         ("verify", "rebuild, check the lock and the signature"),
@@ -492,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
             b.add_argument(
                 "--pin-signer",
                 action="store_true",
-                help="also pin this signing key's public key in the lock (only it may sign)",
+                help="the key holder pins --signing-key (created if missing) in "
+                "bundles/<env>.trust.json bundle_signers: only pinned keys may sign",
             )
         b.set_defaults(fn=cmd_bundle)
     b = bsub.add_parser("promote", help="pin one environment's reviewed policy in another's lock")

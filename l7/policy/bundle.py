@@ -34,13 +34,17 @@ is stored under its own digest, ``<out>/<sha256>.tar.gz``. After building we
 check with our own code (``l7.policy.signing``) that the signature verifies and
 that the signed tarball holds exactly the unsigned tarball's files.
 
-The lock's ``signing`` object is the signing *policy* for the environment:
-``{"alg": "ES256", "scope": "l7/<env>", "signers": [{"kid", "public_key"}...]}``.
-An empty ``signers`` list trusts the deployment's own key (created on first use
-under ``.build/keys/bundle-signing.pem``; private keys are never committed); a
-non-empty list pins the only keys allowed to sign that environment's bundles
-(e.g. a CI key), and ``verify_lock`` refuses any other signer. A lock without a
-signing policy (``null``) is refused: fail closed.
+The lock's ``signing`` object names how the environment's bundles are signed:
+``{"alg": "ES256", "scope": "l7/<env>"}``. *Who* may sign is not in the lock: the
+environment's trust file pins it (``bundles/<env>.trust.json`` ``bundle_signers``,
+``l7.trust`` and ``l7.policy.signing.BundleSigners``), beside the tier keys, so one
+file holds every key of an environment and a lock rebuilt for a policy change never
+carries a key change. Where the trust file says ``local_keys: false`` (staging,
+production) an empty ``bundle_signers`` is refused and only pinned keys may sign; no
+signing key is ever created for such an environment. Under ``local_keys`` an empty list
+trusts the deployment's own key (created on first use under
+``.build/keys/bundle-signing.pem``). Private keys are never committed. A lock without a
+signing object (``null``), or one still carrying ``signers``, is refused: fail closed.
 
 **Activation and rollback.** Activating a revision that was activated before but
 is not the newest one ever activated is a rollback and is refused unless
@@ -78,15 +82,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from l7.errors import BundleError
+from l7.errors import BundleError, ConfigError
 from l7.policy.signing import (
     SIGNATURES_FILE,
     SIGNING_ALG,
+    BundleSigners,
     Signer,
     bundle_scope,
-    key_id,
     load_or_create_signing_key,
-    load_public_key,
     verify_bundle_signature,
 )
 
@@ -103,6 +106,7 @@ __all__ = [
     "activations_path",
     "build_bundle",
     "bundle_enforcement",
+    "committed_signers",
     "compute_revision",
     "is_rollback",
     "lock_path",
@@ -152,15 +156,11 @@ class BuiltBundle:
 
 @dataclass(frozen=True)
 class SigningPolicy:
-    """How an environment's bundles must be signed (the lock's ``signing`` object)."""
+    """How an environment's bundles are signed (the lock's ``signing`` object); who may
+    sign them is the trust file's ``bundle_signers`` (``BundleSigners``)."""
 
     alg: str
     scope: str
-    signers: tuple[Signer, ...] = ()
-    """Pinned signer keys; empty trusts the deployment's own key."""
-
-    def allows(self, signer: Signer) -> bool:
-        return not self.signers or any(s.kid == signer.kid for s in self.signers)
 
 
 @dataclass(frozen=True)
@@ -295,11 +295,13 @@ def build_bundle(
     out_dir: Path,
     opa_bin: Path,
     signing_key: Path | None = None,
+    create_key: bool = True,
 ) -> BuiltBundle:
     """Stage, hash and ``opa build`` the bundle for ``env`` into ``out_dir``.
 
-    With ``signing_key`` (an ES256 PEM, created 0600 if missing) the stored bundle
-    is signed; without it, it is the unsigned reproducible build."""
+    With ``signing_key`` (an ES256 PEM, created 0600 if missing and ``create_key``) the
+    stored bundle is signed; without it, it is the unsigned reproducible build. Whether
+    the key may sign ``env`` is the callers' check (``verify_lock``, ``promote``)."""
     _check_env(env)
     _check_opa(opa_bin)
     sources = _sources(env, repo_root)
@@ -321,7 +323,7 @@ def build_bundle(
         bundle_sha256 = _sha256_file(unsigned)
         product = unsigned
         if signing_key is not None:
-            _, signer = load_or_create_signing_key(signing_key)
+            _, signer = load_or_create_signing_key(signing_key, create=create_key)
             claims = Path(tmp) / "claims.json"
             claims.write_text(json.dumps({"keyid": signer.kid, "scope": bundle_scope(env)}))
             product = Path(tmp) / "signed.tar.gz"
@@ -395,11 +397,7 @@ def verify_built(built: BuiltBundle, trusted: Sequence[Signer] = ()) -> Signer:
 
 
 def _signing_dict(policy: SigningPolicy) -> dict[str, Any]:
-    return {
-        "alg": policy.alg,
-        "scope": policy.scope,
-        "signers": [{"kid": s.kid, "public_key": s.public_key_pem} for s in policy.signers],
-    }
+    return {"alg": policy.alg, "scope": policy.scope}
 
 
 def _lock_dict(lock: BundleLock) -> dict[str, Any]:
@@ -413,31 +411,19 @@ def _lock_dict(lock: BundleLock) -> dict[str, Any]:
     }
 
 
-def write_lock(built: BuiltBundle, repo_root: Path, *, pin_signer: bool = False) -> Path:
+def write_lock(built: BuiltBundle, repo_root: Path) -> Path:
     """Write ``bundles/<env>.lock.json`` for ``built`` (atomically); returns its path.
 
-    Signers pinned by the existing lock are kept; ``pin_signer`` adds ``built``'s signer."""
+    The lock pins content only; signer pins live in the trust file
+    (``l7.trust.pin_bundle_signer``)."""
     path = lock_path(built.env, repo_root)
-    signers: list[Signer] = []
-    if path.is_file():
-        try:
-            old = read_lock(built.env, repo_root)
-        except BundleError:
-            old = None
-        if old is not None and old.signing is not None:
-            signers = list(old.signing.signers)
-    if pin_signer:
-        if built.signer is None:
-            raise BundleError("--pin-signer needs a signed build")
-        if all(s.kid != built.signer.kid for s in signers):
-            signers.append(built.signer)
     lock = BundleLock(
         env=built.env,
         revision=built.revision,
         bundle_sha256=built.bundle_sha256,
         files=built.files,
         opa_version=built.opa_version,
-        signing=SigningPolicy(SIGNING_ALG, bundle_scope(built.env), tuple(signers)),
+        signing=SigningPolicy(SIGNING_ALG, bundle_scope(built.env)),
     )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(_lock_dict(lock), indent=2, sort_keys=False) + "\n")
@@ -458,33 +444,20 @@ def _read_signing(raw: Any, env: str, path: Path) -> SigningPolicy:
             f"{path}: 'signing' is null: this lock predates signed bundles; "
             f"run 'l7 bundle build --env {env}' and commit the lock"
         )
-    if not isinstance(raw, dict) or set(raw) != {"alg", "scope", "signers"}:
+    if isinstance(raw, dict) and "signers" in raw:
         raise BundleError(
-            f"{path}: 'signing' must be an object with exactly 'alg', 'scope' and 'signers'"
+            f"{path}: 'signing.signers' is no longer read from the lock: the keys allowed "
+            f"to sign {env!r} bundles are pinned in bundles/{env}.trust.json "
+            "('bundle_signers'); move any pin there through review and remove 'signers' "
+            "from the lock"
         )
+    if not isinstance(raw, dict) or set(raw) != {"alg", "scope"}:
+        raise BundleError(f"{path}: 'signing' must be an object with exactly 'alg' and 'scope'")
     if raw["alg"] != SIGNING_ALG:
         raise BundleError(f"{path}: signing alg {raw['alg']!r} is not {SIGNING_ALG!r}")
     if raw["scope"] != bundle_scope(env):
         raise BundleError(f"{path}: signing scope {raw['scope']!r}, expected {bundle_scope(env)!r}")
-    if not isinstance(raw["signers"], list):
-        raise BundleError(f"{path}: 'signing.signers' must be a list")
-    signers: list[Signer] = []
-    for entry in raw["signers"]:
-        if (
-            not isinstance(entry, dict)
-            or set(entry) != {"kid", "public_key"}
-            or not isinstance(entry["kid"], str)
-            or not isinstance(entry["public_key"], str)
-        ):
-            raise BundleError(f"{path}: each signer must be {{'kid': str, 'public_key': PEM}}")
-        pub = load_public_key(entry["public_key"].encode(), where=f"{path} signer")
-        if key_id(pub) != entry["kid"]:
-            raise BundleError(
-                f"{path}: signer kid {entry['kid']!r} does not name its public key "
-                f"(expected {key_id(pub)!r})"
-            )
-        signers.append(Signer(kid=entry["kid"], public_key_pem=entry["public_key"]))
-    return SigningPolicy(alg=SIGNING_ALG, scope=raw["scope"], signers=tuple(signers))
+    return SigningPolicy(alg=SIGNING_ALG, scope=raw["scope"])
 
 
 def read_lock(env: str, repo_root: Path) -> BundleLock:
@@ -540,6 +513,26 @@ def _file_diff(want: Mapping[str, str], got: Mapping[str, str]) -> list[str]:
     return problems
 
 
+def committed_signers(env: str, repo_root: Path) -> BundleSigners:
+    """Who may sign ``env``'s bundles per its committed trust file."""
+    from l7.trust import load_trust  # l7.trust imports l7.policy.signing: not at the top
+
+    try:
+        trust = load_trust(env, repo_root=repo_root, work_dir=repo_root / ".build")
+    except ConfigError as e:
+        raise BundleError(str(e)) from e
+    return trust.signers()
+
+
+def _signing_key(signers: BundleSigners, signing_key: Path | None) -> None:
+    """Refuse before building: no signer may sign ``signers.env``, or ``signing_key`` is
+    not one of them (a key the deployment would create itself included)."""
+    signers.require()
+    if signing_key is not None and signers.pinned:
+        _, signer = load_or_create_signing_key(signing_key, create=False)
+        signers.check(signer)
+
+
 def verify_lock(
     env: str,
     *,
@@ -547,14 +540,26 @@ def verify_lock(
     out_dir: Path,
     opa_bin: Path,
     signing_key: Path | None = None,
+    signers: BundleSigners | None = None,
 ) -> BuiltBundle:
     """Rebuild ``env`` and return it only if it matches the committed lock exactly.
 
-    With ``signing_key`` the rebuilt bundle is signed, its signature is checked by our
-    own code, and the signer must be allowed by the lock's signing policy."""
+    ``signers`` (default: ``env``'s committed trust file) says who may sign; an
+    environment that pins none and may not use its own key is refused. With
+    ``signing_key`` the rebuilt bundle is signed by it — it must be pinned, and is
+    created only where the environment may use its own key — and the signature is
+    checked by our own code against the pins. Without it the build is unsigned."""
+    if signers is None:
+        signers = committed_signers(env, repo_root)
+    _signing_key(signers, signing_key)
     lock = read_lock(env, repo_root)
     built = build_bundle(
-        env, repo_root=repo_root, out_dir=out_dir, opa_bin=opa_bin, signing_key=signing_key
+        env,
+        repo_root=repo_root,
+        out_dir=out_dir,
+        opa_bin=opa_bin,
+        signing_key=signing_key,
+        create_key=signers.own_key and not signers.pinned,
     )
     problems = _file_diff(lock.files, built.files)
     if built.revision != lock.revision:
@@ -571,14 +576,8 @@ def verify_lock(
             + f"\nreview the change, then run 'l7 bundle build --env {env}' and commit the lock"
         )
     if built.signer is not None:
-        assert lock.signing is not None  # read_lock refuses a lock without one
-        if not lock.signing.allows(built.signer):
-            pinned = ", ".join(s.kid for s in lock.signing.signers)
-            raise BundleError(
-                f"bundle for env {env!r} is signed by {built.signer.kid}, but "
-                f"{lock_path(env, repo_root)} pins the signers {pinned}; sign with a pinned key"
-            )
-        verify_built(built, lock.signing.signers or (built.signer,))
+        signers.check(built.signer)
+        verify_built(built, signers.trusted(built.signer))
     return built
 
 
@@ -590,18 +589,28 @@ def promote(
     out_dir: Path,
     opa_bin: Path,
     signing_key: Path | None = None,
+    signers: BundleSigners | None = None,
 ) -> tuple[BuiltBundle, list[str]]:
     """Pin in ``to_env``'s lock the policy that ``from_env``'s lock pins.
 
     The policy files (everything but ``l7/deployment/data.json``) of the rebuilt
     ``to_env`` bundle must equal those in ``from_env``'s lock, i.e. the tree must
     hold exactly the policy reviewed for ``from_env``. Writes the ``to_env`` lock and
-    returns the build and a summary of what changed in it."""
+    returns the build and a summary of what changed in it. ``signers`` (default:
+    ``to_env``'s committed trust file) must allow ``signing_key``, as in ``verify_lock``."""
     if from_env == to_env:
         raise BundleError("promote --from and --to name the same environment")
+    if signers is None:
+        signers = committed_signers(to_env, repo_root)
+    _signing_key(signers, signing_key)
     source = read_lock(from_env, repo_root)
     built = build_bundle(
-        to_env, repo_root=repo_root, out_dir=out_dir, opa_bin=opa_bin, signing_key=signing_key
+        to_env,
+        repo_root=repo_root,
+        out_dir=out_dir,
+        opa_bin=opa_bin,
+        signing_key=signing_key,
+        create_key=signers.own_key and not signers.pinned,
     )
     policy_want = {k: v for k, v in source.files.items() if k != _DEPLOYMENT_DEST}
     policy_got = {k: v for k, v in built.files.items() if k != _DEPLOYMENT_DEST}
@@ -882,7 +891,7 @@ def open_stored_bundle(
     if not trusted:
         raise BundleError(
             f"no trusted bundle-signing key to check {path} with; pass --trust-key PEM "
-            "(the .pub beside the signing key) or pin signers in the lock"
+            "(the .pub beside the signing key) or pin signers in the trust file"
         )
     scope = bundle_scope(env)
     signer, signed = verify_bundle_signature(path, {s.kid: s for s in trusted}, scope=scope)

@@ -18,7 +18,14 @@ and names the first file that does not match.
 
 Key ids are derived from the public key (``l7b-`` + the first 16 hex digits of
 SHA-256 over its DER SubjectPublicKeyInfo), so a key id can never name two keys.
-Private keys are created on first use with mode 0600 and never committed.
+Private keys are never committed; only where the environment allows its own key
+(``BundleSigners.own_key``) is one created on first use, with mode 0600.
+
+**Who may sign** an environment's bundles is ``BundleSigners``: the ``bundle_signers``
+the environment's trust file (``bundles/<env>.trust.json``, ``l7.trust``) pins. Where
+the trust file says ``local_keys: false`` (staging, production) at least one signer must
+be pinned and only pinned keys may sign, never one a deployment created itself; where
+it says ``local_keys: true`` (local, dev) an empty list trusts the deployment's own key.
 """
 
 from __future__ import annotations
@@ -42,12 +49,14 @@ from l7.errors import BundleError
 __all__ = [
     "SIGNATURES_FILE",
     "SIGNING_ALG",
+    "BundleSigners",
     "Signer",
     "bundle_scope",
     "canonical_json",
     "key_id",
     "load_or_create_signing_key",
     "load_public_key",
+    "parse_signers",
     "signature_file_hash",
     "signer_of",
     "verify_bundle_signature",
@@ -105,10 +114,20 @@ def load_public_key(pem: bytes, *, where: str) -> ec.EllipticCurvePublicKey:
     return key
 
 
-def load_or_create_signing_key(path: Path) -> tuple[ec.EllipticCurvePrivateKey, Signer]:
-    """The ES256 private key at ``path`` (created 0600 if missing), and its Signer.
+def load_or_create_signing_key(
+    path: Path, *, create: bool = True
+) -> tuple[ec.EllipticCurvePrivateKey, Signer]:
+    """The ES256 private key at ``path`` (created 0600 if missing and ``create``), and its
+    Signer. The public key is written beside it as ``<path>.pub`` (safe to share).
 
-    The public key is written beside it as ``<path>.pub`` (safe to share)."""
+    Without ``create`` a missing key is a ``BundleError``: staging and production keys are
+    made outside the repository by their holders, never by an engine on first use."""
+    if not path.exists() and not create:
+        raise BundleError(
+            f"no bundle signing key at {path}: this environment's bundle signing keys are "
+            "made outside the repository by their holders and pinned in its trust file; "
+            "nothing creates one on first use"
+        )
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = ec.generate_private_key(ec.SECP256R1())
@@ -144,6 +163,77 @@ def load_or_create_signing_key(path: Path) -> tuple[ec.EllipticCurvePrivateKey, 
     if not pub.is_file() or pub.read_text() != signer.public_key_pem:
         pub.write_text(signer.public_key_pem)
     return loaded, signer
+
+
+def parse_signers(raw: object, *, where: str) -> tuple[Signer, ...]:
+    """Signer pins as written in a trust file: ``[{"kid": "l7b-...", "public_key": PEM}]``.
+
+    Strict: exact fields, ES256 keys, each kid naming its key, no kid twice."""
+    if not isinstance(raw, list):
+        raise BundleError(f"{where} must be a list of {{'kid': str, 'public_key': PEM}}")
+    out: list[Signer] = []
+    for i, entry in enumerate(raw):
+        if (
+            not isinstance(entry, dict)
+            or set(entry) != {"kid", "public_key"}
+            or not isinstance(entry["kid"], str)
+            or not isinstance(entry["public_key"], str)
+        ):
+            raise BundleError(f"{where}[{i}] must be {{'kid': str, 'public_key': PEM}}")
+        pub = load_public_key(entry["public_key"].encode(), where=f"{where}[{i}]")
+        if key_id(pub) != entry["kid"]:
+            raise BundleError(
+                f"{where}[{i}]: kid {entry['kid']!r} does not name its public key "
+                f"(expected {key_id(pub)!r})"
+            )
+        if any(s.kid == entry["kid"] for s in out):
+            raise BundleError(f"{where}: signer {entry['kid']} is pinned twice")
+        out.append(Signer(kid=entry["kid"], public_key_pem=entry["public_key"]))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class BundleSigners:
+    """Who may sign one environment's bundles: its trust file's ``bundle_signers``."""
+
+    env: str
+    pinned: tuple[Signer, ...]
+    """The only keys allowed to sign (when non-empty)."""
+    own_key: bool
+    """With nothing pinned, trust the deployment's own key, created on first use
+    (the trust file's ``local_keys``: local and dev only)."""
+    source: str
+    """The trust file the pins come from (named in every refusal)."""
+
+    def require(self) -> None:
+        """Refuse an environment that pins no signer yet may not use its own key."""
+        if self.pinned or self.own_key:
+            return
+        raise BundleError(
+            f"{self.source} pins no bundle signers for {self.env!r}, and {self.env} never "
+            "trusts a key a deployment created itself: refusing to build or serve its "
+            f"bundle (bundles/{self.env}.lock.json pins only the content). The holder of "
+            f"the {self.env} signing key runs 'l7 bundle build --env {self.env} "
+            f"--signing-key KEY --pin-signer' and commits {self.source} through review"
+        )
+
+    def check(self, signer: Signer) -> None:
+        """Refuse ``signer`` unless this environment allows it."""
+        self.require()
+        if self.pinned and all(s.kid != signer.kid for s in self.pinned):
+            pinned = ", ".join(s.kid for s in self.pinned)
+            raise BundleError(
+                f"the {self.env} bundle would be signed by {signer.kid}, but {self.source} "
+                f"pins only the bundle signers {pinned}: sign with a pinned key "
+                "(or pin this one through review)"
+            )
+
+    def trusted(self, signer: Signer | None) -> tuple[Signer, ...]:
+        """The keys to verify a bundle with: the pins, else the deployment's own key."""
+        self.require()
+        if self.pinned:
+            return self.pinned
+        return (signer,) if signer is not None else ()
 
 
 # -- OPA's file digests -----------------------------------------------------------------

@@ -114,7 +114,7 @@ def test_verify_lock_passes_after_write_lock(repo: Path, tmp_path: Path) -> None
     path = write_lock(built, repo)
     assert path == repo / "bundles" / "local.lock.json"
     lock = json.loads(path.read_text())
-    assert lock["signing"] == {"alg": "ES256", "scope": "l7/local", "signers": []}
+    assert lock["signing"] == {"alg": "ES256", "scope": "l7/local"}  # signers: trust file
     assert lock["env"] == "local" and lock["revision"] == built.revision
     assert lock["files"] == dict(built.files)
     again = verify_lock("local", repo_root=repo, out_dir=tmp_path / "v", opa_bin=OPA)
@@ -192,8 +192,9 @@ def test_read_lock_is_strict(repo: Path, tmp_path: Path) -> None:
     broken(signing={**good["signing"], "scope": "l7/production"})
     with pytest.raises(BundleError, match="signing scope 'l7/production', expected 'l7/local'"):
         read_lock("local", repo)
-    broken(signing={**good["signing"], "signers": [{"kid": "k", "public_key": "nope"}]})
-    with pytest.raises(BundleError, match="not a PEM public key"):
+    # a signer pin left in (or added to) a lock would be ignored: refused, naming the move
+    broken(signing={**good["signing"], "signers": []})
+    with pytest.raises(BundleError, match=r"no longer read from the lock.*local\.trust\.json"):
         read_lock("local", repo)
     broken(approved=True)
     with pytest.raises(BundleError, match=r"unknown fields \['approved'\]"):
@@ -217,3 +218,19 @@ def test_committed_locks_match_the_repository(tmp_path: Path) -> None:
     for env in ("local", "dev", "staging", "production"):
         built = verify_lock(env, repo_root=REPO, out_dir=tmp_path, opa_bin=OPA)
         assert built.env == env
+
+
+def test_committed_trust_names_who_may_sign_staging_and_production() -> None:
+    """git shows who may sign production policy: staging and production pin their own
+    bundle signers (keys made outside the repo) and never trust a deployment's own key;
+    local and dev pin none and use the work dir's key."""
+    from l7.trust import load_trust
+
+    kids: dict[str, set[str]] = {}
+    for env in ("local", "dev", "staging", "production"):
+        trust = load_trust(env, repo_root=REPO, work_dir=REPO / "no-such-work-dir")
+        signers = trust.signers()
+        assert signers.own_key is (env in ("local", "dev"))
+        kids[env] = {s.kid for s in signers.pinned}
+        assert bool(kids[env]) is (env in ("staging", "production")), env
+    assert not kids["staging"] & kids["production"]  # staging's key cannot sign production

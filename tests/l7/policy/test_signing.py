@@ -36,6 +36,7 @@ from l7.policy.signing import (
     signature_file_hash,
     verify_bundle_signature,
 )
+from l7.trust import load_trust, pin_bundle_signer
 from tests.conftest import REPO
 
 OPA = Path(os.environ.get("L7_OPA_BIN", str(REPO / ".tools" / "opa")))
@@ -233,6 +234,15 @@ def test_opa_may_not_skip_verification(tmp_path: Path) -> None:
 # -- locks ------------------------------------------------------------------------------
 
 
+def _set_signers(repo: Path, env: str, signers: list[Signer]) -> Path:
+    """Replace the bundle signers pinned in the copied repo's trust file for ``env``."""
+    path = repo / "bundles" / f"{env}.trust.json"
+    raw = json.loads(path.read_text())
+    raw["bundle_signers"] = [{"kid": s.kid, "public_key": s.public_key_pem} for s in signers]
+    path.write_text(json.dumps(raw, indent=2) + "\n")
+    return path
+
+
 @needs_opa
 def test_verify_lock_signs_checks_and_honours_pinned_signers(
     repo: Path, tmp_path: Path, key: Path
@@ -241,27 +251,111 @@ def test_verify_lock_signs_checks_and_honours_pinned_signers(
     write_lock(built, repo)
     ok = verify_lock("local", repo_root=repo, out_dir=tmp_path / "v", opa_bin=OPA, signing_key=key)
     assert ok.signer == built.signer and ok.revision == built.revision
-    # Pin this key: now only it may sign local bundles, and rebuilding keeps the pin.
-    write_lock(built, repo, pin_signer=True)
-    write_lock(built, repo)
-    lock = read_lock("local", repo)
-    assert lock.signing is not None and [s.kid for s in lock.signing.signers] == [
-        built.signer.kid if built.signer else ""
-    ]
+    # Pin this key (in the trust file): now only it may sign local bundles.
+    assert built.signer is not None
+    assert pin_bundle_signer("local", built.signer, repo_root=repo) == (
+        repo / "bundles" / "local.trust.json",
+        True,
+    )
+    assert pin_bundle_signer("local", built.signer, repo_root=repo)[1] is False  # once
+    write_lock(built, repo)  # a rebuilt lock neither carries nor drops the pin
+    assert "signers" not in json.loads((repo / "bundles" / "local.lock.json").read_text())
+    trust = load_trust("local", repo_root=repo, work_dir=tmp_path / "w")
+    assert [s.kid for s in trust.signers().pinned] == [built.signer.kid]
     verify_lock("local", repo_root=repo, out_dir=tmp_path / "v", opa_bin=OPA, signing_key=key)
-    with pytest.raises(BundleError, match=r"signed by l7b-\w+, but .* pins the signers"):
+    other = tmp_path / "other.pem"
+    load_or_create_signing_key(other)
+    with pytest.raises(BundleError, match=r"signed by l7b-\w+, but .*local\.trust\.json pins"):
+        verify_lock("local", repo_root=repo, out_dir=tmp_path / "v", opa_bin=OPA, signing_key=other)
+    raw = json.loads((repo / "bundles" / "local.trust.json").read_text())
+    raw["bundle_signers"][0]["kid"] = "l7b-0000000000000000"
+    (repo / "bundles" / "local.trust.json").write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="does not name its public key"):
+        load_trust("local", repo_root=repo, work_dir=tmp_path / "w")
+
+
+@needs_opa
+def test_staging_and_production_refuse_an_empty_or_unpinned_signer(
+    repo: Path, tmp_path: Path, key: Path
+) -> None:
+    """Where the trust file says local_keys: false, nothing pinned means nothing signs
+    (not the deployment's own key), and a key that is not pinned never signs, nor is one
+    created for it."""
+    for env in ("staging", "production"):
+        write_lock(build_bundle(env, repo_root=repo, out_dir=tmp_path / "u", opa_bin=OPA), repo)
+        trust_path = _set_signers(repo, env, [])
+        with pytest.raises(BundleError) as ei:
+            verify_lock(env, repo_root=repo, out_dir=tmp_path / "v", opa_bin=OPA)
+        msg = str(ei.value)
+        assert f"{trust_path} pins no bundle signers for {env!r}" in msg
+        assert f"bundles/{env}.lock.json" in msg
+        assert f"l7 bundle build --env {env} --signing-key KEY --pin-signer" in msg
+        with pytest.raises(BundleError, match="pins no bundle signers"):
+            promote("local", env, repo_root=repo, out_dir=tmp_path / "p", opa_bin=OPA)
+    # Pinned: a fresh key is neither created nor accepted; a key of its own is refused.
+    _, pinned = load_or_create_signing_key(tmp_path / "held" / "production.pem")
+    _set_signers(repo, "production", [pinned])
+    fresh = tmp_path / "fresh.pem"
+    with pytest.raises(BundleError, match="no bundle signing key at .*fresh.pem"):
         verify_lock(
-            "local",
-            repo_root=repo,
-            out_dir=tmp_path / "v",
-            opa_bin=OPA,
-            signing_key=tmp_path / "other.pem",
+            "production", repo_root=repo, out_dir=tmp_path / "v", opa_bin=OPA, signing_key=fresh
         )
-    raw = json.loads((repo / "bundles" / "local.lock.json").read_text())
-    raw["signing"]["signers"][0]["kid"] = "l7b-0000000000000000"
-    (repo / "bundles" / "local.lock.json").write_text(json.dumps(raw))
-    with pytest.raises(BundleError, match="does not name its public key"):
-        read_lock("local", repo)
+    assert not fresh.exists()
+    load_or_create_signing_key(key)  # e.g. the work dir's own key, made by a local stack
+    with pytest.raises(BundleError, match=f"pins only the bundle signers {pinned.kid}"):
+        verify_lock(
+            "production", repo_root=repo, out_dir=tmp_path / "v", opa_bin=OPA, signing_key=key
+        )
+    with pytest.raises(BundleError, match=f"pins only the bundle signers {pinned.kid}"):
+        promote(
+            "staging",
+            "production",
+            repo_root=repo,
+            out_dir=tmp_path / "p",
+            opa_bin=OPA,
+            signing_key=key,
+        )
+    ok = verify_lock(
+        "production",
+        repo_root=repo,
+        out_dir=tmp_path / "v",
+        opa_bin=OPA,
+        signing_key=tmp_path / "held" / "production.pem",
+    )
+    assert ok.signer == pinned
+    # Without a key the lock's content is still checked (policy authors hold no key).
+    assert (
+        verify_lock("production", repo_root=repo, out_dir=tmp_path / "v", opa_bin=OPA).signer
+        is None
+    )
+
+
+def test_trust_file_bundle_signers_are_strict(repo: Path, tmp_path: Path, key: Path) -> None:
+    _, signer = load_or_create_signing_key(key)
+    path = _set_signers(repo, "staging", [signer])
+    good = json.loads(path.read_text())
+
+    def refused(signers: object, match: str) -> None:
+        path.write_text(json.dumps({**good, "bundle_signers": signers}))
+        with pytest.raises(ConfigError, match=match):
+            load_trust("staging", repo_root=repo, work_dir=tmp_path / "w")
+
+    entry = good["bundle_signers"][0]
+    refused({"kid": entry["kid"]}, "must be a list")
+    refused([{**entry, "alg": "ES256"}], r"bundle_signers\[0\] must be")
+    refused([entry, entry], "pinned twice")
+    ed = (  # an Ed25519 key (a tier key) is not a bundle signer
+        "-----BEGIN PUBLIC KEY-----\n"
+        "MCowBQYDK2VwAyEAEtYHMQlnUWVVo8vcfkt/IS8XVAvrHajuFYwQDFE7Rbw=\n"
+        "-----END PUBLIC KEY-----\n"
+    )
+    refused([{"kid": entry["kid"], "public_key": ed}], "expected an ES256")
+    # A trust file written before bundle signers existed pins none (fails closed).
+    path.write_text(json.dumps({k: v for k, v in good.items() if k != "bundle_signers"}))
+    signers = load_trust("staging", repo_root=repo, work_dir=tmp_path / "w").signers()
+    assert signers.pinned == () and not signers.own_key
+    with pytest.raises(BundleError, match="pins no bundle signers"):
+        signers.require()
 
 
 @needs_opa
