@@ -104,7 +104,7 @@ def _assert_refused_everywhere(
         gw = GatewayClient(stack.gateway_target)
         try:
             with pytest.raises(RemoteError) as ei:
-                gw.authorize(grant, d_action)
+                gw.authorize(grant, d_action, environment="production")
                 ran.append("tool")  # what the governed tool would do next
         finally:
             gw.close()
