@@ -160,6 +160,8 @@ def start_gateway(ledger_url: str, grant_key: str, work: Path) -> Server:
             ledger_url,
             "--grant-public-key",
             grant_key,
+            "--env",
+            "dev",
         ],
         ready=r"gateway \S+ on (?P<target>\S+)",
         log_path=work / "gateway.log",
@@ -282,7 +284,9 @@ def bench_decide_sqlite(work: Path, sizes: Sizes) -> dict[str, Any]:
 
             def authorize(_: int) -> grpc.Future[Any]:
                 grant, action = next(it)
-                return gw.Authorize.future(gpb.AuthorizeRequest(grant=grant, action=action), 30)
+                return gw.Authorize.future(
+                    gpb.AuthorizeRequest(grant=grant, action=action, environment="dev"), 30
+                )
 
             closed_loop(authorize, 50, 1)  # warm-up
             log("Authorize at the gateway, 1 in flight")
@@ -329,7 +333,7 @@ def bench_approvals(work: Path, sizes: Sizes) -> dict[str, Any]:
     from l7.crypto import Ed25519Signer, TransitSigner, intent_hash, public_key_raw
 
     action = request_from_dict(_request("deploy-prod.json")).to_dict()["action"]
-    ih = intent_hash(action)
+    ih = intent_hash(action, "production")
     now = int(time.time())
 
     def payloads(key_id: str, n: int) -> list[ApprovalPayload]:

@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from l7.domain import effective_environment
 from l7.errors import ApprovalInvalid, ConfigError, RequestInvalid
 from ledger.canonical import canonical_json
 
@@ -90,11 +91,13 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def intent_hash(action: Mapping[str, Any]) -> str:
-    """What approvals bind to: ``sha256:`` + hex sha256 of JCS(action), where action is
-    exactly ``{"class", "intent", "target": {"type", "id"}, "payload"}`` plus, when the
-    request names the tool performing it, ``"tool"`` (so a grant for one tool cannot run
-    another)."""
+def intent_hash(action: Mapping[str, Any], environment: str) -> str:
+    """What approvals and grants bind to: ``sha256:`` + hex sha256 of JCS(action), where
+    action is exactly ``{"class", "intent", "target": {"type", "id"}, "payload"}`` plus,
+    when the request names the tool performing it, ``"tool"`` (so a grant for one tool
+    cannot run another), plus ``"environment"``: the *effective* environment (missing or
+    unknown is production, as policy judges it), so a grant or approval for ``dev`` never
+    covers the byte-identical action in production (docs/0013)."""
     keys = set(action) - _OPTIONAL_ACTION_KEYS
     if keys != _ACTION_KEYS:
         extra, missing = sorted(keys - _ACTION_KEYS), sorted(_ACTION_KEYS - keys)
@@ -114,15 +117,21 @@ def intent_hash(action: Mapping[str, Any]) -> str:
     }
     if action.get("tool"):  # absent and "" hash alike: requests from before tools existed
         explicit["tool"] = action["tool"]
+    explicit["environment"] = effective_environment(environment)
     return "sha256:" + sha256_hex(canonical(explicit))
 
 
 # -- keys ---------------------------------------------------------------------------------
 
 
-def scope_hash(action_class: str, target_type: str, target_id: str) -> str:
-    """What a break-glass grant binds to: the class and target, not one exact payload."""
-    scope = {"class": action_class, "target": {"type": target_type, "id": target_id}}
+def scope_hash(action_class: str, target_type: str, target_id: str, environment: str) -> str:
+    """What a break-glass grant binds to: the class, target and effective environment, not
+    one exact payload."""
+    scope = {
+        "class": action_class,
+        "target": {"type": target_type, "id": target_id},
+        "environment": effective_environment(environment),
+    }
     return "scope:" + sha256_hex(canonical(scope))
 
 

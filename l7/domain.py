@@ -35,6 +35,7 @@ __all__ = [
     "Risk",
     "Status",
     "Target",
+    "effective_environment",
     "sha256_hex",
 ]
 
@@ -42,6 +43,21 @@ DecisionId = NewType("DecisionId", str)
 
 MIN_LEVEL = 1
 MAX_LEVEL = 5
+
+KNOWN_ENVIRONMENTS = frozenset({"dev", "staging", "production"})
+"""The environments policy judges (``rego/l7/lib/request.rego`` known_environments)."""
+DEFAULT_EXECUTE_WITHIN_S = 600
+"""An authorization's execution window when policy names none (the shortest: fail safe)."""
+
+
+def effective_environment(environment: object) -> str:
+    """The environment a request is judged, hashed and executed in: a known one as named,
+    anything else (missing, empty, unknown, not a string) production."""
+    return (
+        environment
+        if isinstance(environment, str) and environment in KNOWN_ENVIRONMENTS
+        else "production"
+    )
 
 
 def sha256_hex(data: bytes) -> str:
@@ -189,11 +205,13 @@ class Authority:
 
 @dataclass(frozen=True)
 class Lifecycle:
-    """How long a pending decision waits per level, how long it lives, rationale needed."""
+    """How long a pending decision waits per level, how long it lives, rationale needed,
+    and how long an authorization stays executable (``execute_within_s``)."""
 
     approval_window_s: int
     ttl_s: int
     rationale_required: bool
+    execute_within_s: int = DEFAULT_EXECUTE_WITHIN_S
 
 
 DEFAULT_LIFECYCLE = Lifecycle(approval_window_s=3600, ttl_s=14400, rationale_required=True)
@@ -295,13 +313,24 @@ class Decision:
     """The grant id the gateway consumed, once execution was authorized."""
     breakglass: BreakGlass | None = None
     """Set when the decision is a break-glass override instead of a policy judgement."""
+    execute_by: int | None = None
+    """Unix seconds after which an authorized, unexecuted decision can no longer be
+    executed (policy's ``execute_within_s`` from the moment it was authorized; a
+    break-glass window's end). None on an authorized decision: no window was recorded,
+    which counts as closed (fail closed)."""
+
+    @property
+    def environment(self) -> str:
+        """The effective environment: the one hashed, granted and served."""
+        return effective_environment(self.request.context.environment)
 
     @property
     def intent_hash(self) -> str:
-        """What approvers sign: sha256 of the canonical action."""
-        from l7.crypto import intent_hash  # crypto imports errors only; no cycle at call time
+        """What approvers sign and grants bind: sha256 of the canonical action and its
+        effective environment."""
+        from l7.crypto import intent_hash  # crypto imports domain; resolved at call time
 
-        return intent_hash(self.request.to_dict()["action"])
+        return intent_hash(self.request.to_dict()["action"], self.environment)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON view, as printed by the CLI."""
@@ -343,7 +372,10 @@ class Decision:
                 "approval_window_s": j.lifecycle.approval_window_s,
                 "ttl_s": j.lifecycle.ttl_s,
                 "rationale_required": j.lifecycle.rationale_required,
+                "execute_within_s": j.lifecycle.execute_within_s,
             }
+            if self.execute_by is not None:
+                out["execute_by"] = self.execute_by
             st = self.authority_state
             out["authority_state"] = {
                 "clauses": [

@@ -18,6 +18,7 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from l7.crypto import Ed25519Signer
+from l7.domain import KNOWN_ENVIRONMENTS
 from l7.engine import Clock, Engine
 from l7.engine.authority import AuthorityService
 from l7.engine.breakglass import BreakGlassService
@@ -35,7 +36,7 @@ from l7.gateway.grant import (
     load_or_create_grant_key,
 )
 from l7.gateway.server import create_gateway_server
-from l7.gateway.service import GatewayService
+from l7.gateway.service import GatewayService, parse_environments
 from l7.identity import TokenVerifier
 from l7.policy.activation import activate_recorded
 from l7.policy.bundle import DEFAULT_SIGNING_KEY, BuiltBundle, verify_built, verify_lock
@@ -91,6 +92,10 @@ class StackConfig:
     grant_ttl_s: int = DEFAULT_GRANT_TTL_S
     gateway: bool = False
     """Also run a gateway (Boundary B) in this process, on its own port."""
+    gateway_environments: tuple[str, ...] = ()
+    """The environments the in-process gateway guards (it refuses any other with
+    ``environment_mismatch``). Empty: the bundle environment when it is one policy judges
+    (dev, staging, production), else (``local``, a developer's own loop) all three."""
     secret_store: SecretStore | None = None
     """Where secret references are checked (engine) and resolved (gateway): OpenBao KV."""
     envelope: Envelope | None = None
@@ -386,6 +391,11 @@ class Stack:
                         rules=guarded.rules,
                     ),
                     GrantVerifier({kid_of(pub): pub}, clock=lambda: cfg.clock().timestamp()),
+                    environments=parse_environments(
+                        cfg.gateway_environments
+                        or ((cfg.env,) if cfg.env in KNOWN_ENVIRONMENTS else KNOWN_ENVIRONMENTS)
+                    ),
+                    policy_env=cfg.env,
                     clock=lambda: cfg.clock().timestamp(),
                     secrets=cfg.secret_store,
                 )

@@ -111,7 +111,8 @@ def cmd_sign(a: argparse.Namespace) -> int:
     with GovernanceClient(a.target, token=token, credentials=tls_credentials(a, "cli")) as c:
         d = c.get_decision(a.decision_id)
         _show(d)
-        local = intent_hash(d["action"])
+        # The same hash the engine binds: the action and its effective environment.
+        local = intent_hash(d["action"], str(d.get("context", {}).get("environment", "")))
         if local != d["intent_hash"]:
             raise ConfigError(
                 f"the server's intent hash {d['intent_hash']} does not match the action shown "

@@ -11,10 +11,14 @@ person and agent) and as the transit signer of one approver.
    local ed25519 key, one with an OpenBao transit key - and becomes authorized
 5. the same request retried with its idempotency key returns the same decision
 6. governed tools (examples/governed_tools.py) behind the gateway: a read runs, a file
-   delete waits for a supervisor and then runs, a production debug shell is denied, and
-   a replayed grant is refused
-7. OPA is stopped mid-run: the next request is denied (policy_store_degraded), and recorded
-8. a decision is rebuilt from the ledger alone, and the whole ledger verifies
+   delete waits for a supervisor and then runs, a production debug shell is denied, a
+   replayed grant is refused, and grants used outside their environment are refused
+   (a dev grant presented as production; a staging grant at a gateway that does not
+   guard staging)
+7. 30 days pass: the table delete authorized in step 4 was never executed; its
+   execution window closed, so the grant is refused (authorization_expired, recorded)
+8. OPA is stopped mid-run: the next request is denied (policy_store_degraded), and recorded
+9. a decision is rebuilt from the ledger alone, and the whole ledger verifies
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import json
 import shutil
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +123,16 @@ def _signed(who: str, d: dict[str, Any], signer: Signer) -> pb.SignedApproval:
     )
 
 
+class _DemoClock:
+    """The engine's and gateway's clock: real time, until step 7 moves it 30 days on."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
 def run_demo(*, keep: bool = False) -> int:
     work = Path(tempfile.mkdtemp(prefix="l7-demo-"))
     ledger_url = f"sqlite:///{work / 'ledger.sqlite'}"
@@ -132,11 +147,19 @@ def run_demo(*, keep: bool = False) -> int:
                 audience=bao.audience,
                 claim_map=claim_map_for_openbao(),
             )
+            clock = _DemoClock()
             cfg = StackConfig(
-                env="local", ledger_url=ledger_url, work_dir=work, verifier=verifier, gateway=True
+                env="local",
+                ledger_url=ledger_url,
+                work_dir=work,
+                verifier=verifier,
+                gateway=True,
+                # this gateway guards dev and production, not staging (step 6)
+                gateway_environments=("dev", "production"),
+                clock=clock,
             )
             with Stack(cfg) as stack:
-                return _scenario(stack, bao, work)
+                return _scenario(stack, bao, work, clock)
     finally:
         if keep:
             print(f"(kept {work})")
@@ -201,18 +224,37 @@ def _governed_tools(stack: Stack, bao: OpenBaoDev, work: Path) -> None:
         replay["idempotency_key"] = "demo-replay"
         r = c.decide_proto(request_to_proto(replay))
     gw = GatewayClient(stack.gateway_target)
-    gw.authorize(r.grant, replay["action"])
+    gw.authorize(r.grant, replay["action"], environment="dev")
     try:
-        gw.authorize(r.grant, replay["action"])
+        gw.authorize(r.grant, replay["action"], environment="dev")
     except RemoteError as e:
         print(f"    the same grant presented again -> refused: {e.reason}")
         assert e.reason == "grant_replayed"
+    # The environment is part of the action: a grant is good only where it was judged.
+    with GovernanceClient(stack.target, token=bao.token_for("agent-reporter")) as c:
+        cross = _load("read-dev.json")
+        cross["idempotency_key"] = "demo-cross-env"
+        r = c.decide_proto(request_to_proto(cross))
+        staging = _load("read-dev.json")
+        staging["idempotency_key"] = "demo-staging"
+        staging["context"]["environment"] = "staging"
+        s = c.decide_proto(request_to_proto(staging))
+    for grant, env, what in (
+        (r.grant, "production", "a dev grant presented for production"),
+        (s.grant, "staging", "a staging grant at this dev+production gateway"),
+    ):
+        try:
+            gw.authorize(grant, cross["action"], environment=env)
+            raise AssertionError(f"{what} was accepted")
+        except RemoteError as e:
+            print(f"    {what} -> refused: {e.reason}")
+            assert e.reason == "environment_mismatch", e
     gw.close()
     gov.close()
     prod.close()
 
 
-def _scenario(stack: Stack, bao: OpenBaoDev, work: Path) -> int:
+def _scenario(stack: Stack, bao: OpenBaoDev, work: Path, clock: _DemoClock) -> int:
     assert stack.opa is not None and stack.bundle is not None and stack.ledger is not None
     print(f"    OPA {stack.opa.url} serving bundle {stack.bundle.revision[:12]}")
     print(f"    OpenBao {bao.url} is the identity provider (OIDC) and transit signer")
@@ -275,6 +317,7 @@ def _scenario(stack: Stack, bao: OpenBaoDev, work: Path) -> int:
         d = c.approve(d["decision_id"], _signed("ben", d, ben))
     _show(d)
     assert d["status"] == "authorized", d
+    table = d  # authorized, and left unexecuted until step 7
 
     _step(5, "agent-reporter retries step 1 with the same idempotency key")
     with as_("agent-reporter") as c:
@@ -287,7 +330,22 @@ def _scenario(stack: Stack, bao: OpenBaoDev, work: Path) -> int:
     _step(6, "governed tools run only through the gateway")
     _governed_tools(stack, bao, work)
 
-    _step(7, "OPA goes down; the same kind of request is now refused (fail closed)")
+    _step(7, "30 days later: alice fetches a grant for the table delete authorized in step 4")
+    clock.offset = timedelta(days=30)
+    with as_("alice") as c:
+        try:
+            c.get_grant(table["decision_id"])
+            raise AssertionError("a 30-day-old authorization was granted")
+        except RemoteError as e:
+            print(f"    refused: {e.reason} - {e.message[:90]}")
+            assert e.reason == "authorization_expired", e
+        stale = c.get_decision(table["decision_id"])
+    print(
+        f"    the decision is now {stale['status']} ({stale['reason_code']}), as the ledger records"
+    )
+    assert stale["status"] == "expired", stale
+
+    _step(8, "OPA goes down; the same kind of request is now refused (fail closed)")
     stack.opa.stop()
     down = _load("read-dev.json")
     down["idempotency_key"] = "weekly-report-opa-down"
@@ -296,7 +354,7 @@ def _scenario(stack: Stack, bao: OpenBaoDev, work: Path) -> int:
     _show(d)
     assert d["outcome"] == "DENY" and d["reason_code"] == "policy_store_degraded", d
 
-    _step(8, "the ledger alone tells what happened, and proves it was not altered")
+    _step(9, "the ledger alone tells what happened, and proves it was not altered")
     stream = stack.ledger.get_stream(queued["decision_id"])
     rebuilt = fold_decision(stream)
     print(

@@ -346,8 +346,9 @@ def cmd_bundle(a: argparse.Namespace) -> int:
 def cmd_gateway_serve(a: argparse.Namespace) -> int:
     from l7.gateway.grant import GrantVerifier, kid_of, load_grant_public_key
     from l7.gateway.server import create_gateway_server
-    from l7.gateway.service import GatewayService
+    from l7.gateway.service import GatewayService, parse_environments
 
+    guarded = parse_environments(a.guarded_envs)  # before anything starts
     if not a.grant_public_key:
         raise ConfigError(
             "--grant-public-key is required: a gateway without a verification key would run "
@@ -377,6 +378,8 @@ def cmd_gateway_serve(a: argparse.Namespace) -> int:
         GatewayService(
             led,
             GrantVerifier(keys),
+            environments=parse_environments(a.guarded_envs),
+            policy_env=a.env,
             gateway_id=a.gateway_id,
             secrets=BaoSecretStore(bao) if bao else None,
         ),
@@ -387,7 +390,11 @@ def cmd_gateway_serve(a: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     host = a.addr.rsplit(":", 1)[0]
-    print(f"Layer-7 gateway {a.gateway_id} on {host}:{port} (ledger {a.ledger})", flush=True)
+    print(
+        f"Layer-7 gateway {a.gateway_id} on {host}:{port} guarding {', '.join(sorted(guarded))} "
+        f"(ledger {a.ledger}, policy and trust of {a.env})",
+        flush=True,
+    )
     try:
         stop.wait()
     finally:
@@ -580,7 +587,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="engine grant key (PEM, repeatable for rotation); required",
     )
     gs.add_argument("--gateway-id", default="gateway", help="name recorded in the ledger")
-    gs.add_argument("--env", default="local", help="environment whose trust file applies")
+    gs.add_argument(
+        "--env",
+        dest="guarded_envs",
+        action="append",
+        required=True,
+        metavar="ENV",
+        help="environment this gateway guards: dev, staging or production (required; "
+        "repeatable or a comma list); a grant for any other is refused environment_mismatch",
+    )
+    gs.add_argument(
+        "--trust-env",
+        dest="env",
+        default="local",
+        help="bundle environment whose trust file pins the tier keys and whose signed "
+        "policy.activated events name the active policy revision (default local)",
+    )
     add_trust_flags(gs, signer=True)
     add_tls_flag(gs, "gateway")
     bao_flags(gs)

@@ -31,7 +31,7 @@ from l7.authority.approval import SignedApproval, Verdict, payload_hash, verify_
 from l7.authority.delegation import Delegations, scope_covers
 from l7.authority.keys import KeyRegistry
 from l7.authority.quorum import Approver, evaluate_quorum
-from l7.domain import MAX_LEVEL, Band, Clause, Decision, Outcome, Status
+from l7.domain import DEFAULT_LIFECYCLE, MAX_LEVEL, Band, Clause, Decision, Outcome, Status
 from l7.engine.engine import Engine, _KeyLocks
 from l7.engine.events import (
     apply_enforcement,
@@ -45,18 +45,51 @@ from l7.errors import (
     ApprovalInvalid,
     DecisionNotFound,
     Forbidden,
+    GrantRefused,
     IllegalTransition,
     LedgerDegraded,
 )
 from l7.identity import Identity
 from ledger import DuplicateKey, EventType, LedgerError, NewEvent
 
-__all__ = ["AuthorityService", "requirement_progress"]
+__all__ = ["AUTHORIZATION_EXPIRED", "POLICY_CHANGED", "AuthorityService", "requirement_progress"]
 
 log = logging.getLogger(__name__)
 _E = EventType
 CANCEL_MIN_LEVEL = 4
 _BAND_ORDER = {Band.CRITICAL: 0, Band.HIGH: 1, Band.MEDIUM: 2, Band.LOW: 3}
+AUTHORIZATION_EXPIRED = "authorization_expired"
+POLICY_CHANGED = "policy_changed"
+
+
+def _authorization_lapsed(d: Decision, now: int) -> bool:
+    """An authorized decision nobody has started executing, past its execution window
+    (or with none recorded). Break-glass keeps its own window (its grant refuses)."""
+    return (
+        d.status is Status.AUTHORIZED
+        and d.breakglass is None
+        and d.execution_id is None
+        and (d.execute_by is None or now >= d.execute_by)
+    )
+
+
+def _authorization_expired(d: Decision, now: int) -> NewEvent:
+    return NewEvent(
+        d.decision_id,
+        _E.DECISION_EXPIRED,
+        "l7-engine",
+        d.policy_version,
+        {
+            "status": Status.EXPIRED.value,
+            "outcome": Outcome.DENY.value,
+            "reason_code": AUTHORIZATION_EXPIRED,
+            "reasons": [
+                f"authorized but not executed before {d.execute_by} (policy's execute_within "
+                "for its class and band); an old authorization never runs"
+            ],
+            "expired_at": now,
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -179,6 +212,9 @@ class AuthorityService:
         """The decision after recording any expiry or escalation due at ``now``, and
         whether anything was recorded."""
         d = self.engine.get_decision(decision_id)
+        if _authorization_lapsed(d, now):
+            self._append([_authorization_expired(d, now)])
+            return self.track(self.engine.get_decision(decision_id)), True
         if d.status is not Status.PENDING_AUTHORITY:
             return self.track(d), False
         st, version = d.authority_state, d.policy_version
@@ -232,7 +268,12 @@ class AuthorityService:
         return self.track(d), bool(events)
 
     def _rejudge(self, d: Decision, now: int) -> Decision:
-        """If the active policy revision changed, re-judge: earlier approvals are void."""
+        """If the active policy revision changed, re-judge: earlier approvals are void.
+
+        For a pending decision before an approval counts; for an authorized, unexecuted one
+        before a grant is issued (``grantable``): it stays authorized only if the active
+        revision's effective outcome is ALLOW by itself (approvals gathered under the old
+        revision are void), else it goes back to pending or is denied, recorded."""
         # The same input Decide gives policy (secret reference metadata included), recorded
         # the same way, and the same enforcement mode applied: replay and modes hold here too.
         policy_input = self.engine.policy_input(d.request)
@@ -254,25 +295,64 @@ class AuthorityService:
             },
         )
         enforcement = apply_enforcement(judgement)
+        payload = enforcement_payload(
+            enforcement,
+            POLICY_CHANGED,
+            [
+                f"policy revision changed from {d.policy_version[:12]} to "
+                f"{judgement.policy_version[:12]}; {voided} earlier approvals are void",
+                *judgement.reasons,
+            ],
+            judgement=judgement,
+            now=now,
+        )
+        window = payload.get("execute_by")
+        if isinstance(window, int) and d.execute_by is not None:
+            # Re-affirmed under a new revision: the window never grows by a policy change.
+            payload["execute_by"] = min(window, d.execute_by)
         events.append(
-            NewEvent(
-                d.decision_id,
-                _E.ENFORCEMENT_RESULT,
-                actor,
-                judgement.policy_version,
-                enforcement_payload(
-                    enforcement,
-                    "policy_changed",
-                    [
-                        f"policy revision changed from {d.policy_version[:12]} to "
-                        f"{judgement.policy_version[:12]}; {voided} earlier approvals are void",
-                        *judgement.reasons,
-                    ],
-                ),
-            )
+            NewEvent(d.decision_id, _E.ENFORCEMENT_RESULT, actor, judgement.policy_version, payload)
         )
         self._append(events)
         return self.track(self.engine.get_decision(d.decision_id))
+
+    # -- grants ------------------------------------------------------------------------------
+
+    def grantable(self, decision_id: str) -> Decision:
+        """The decision as it may be granted now, after recording what time and policy did
+        to it (docs/0013). Raises GrantRefused:
+
+        ``authorization_expired``  the execution window closed (``decision.expired`` is
+                                   recorded the first time this is seen)
+        ``policy_changed``         the active revision is not the one that authorized it,
+                                   and it does not ALLOW it by itself: the decision was
+                                   moved back to pending (or denied), recorded
+
+        Anything else not grantable (pending, denied, executed) is left to the issuer."""
+        with self._locks.hold(decision_id):
+            now = self._now()
+            d = self._advance(decision_id, now)[0]
+            if d.status is Status.EXPIRED and d.reason_code == AUTHORIZATION_EXPIRED:
+                raise GrantRefused(
+                    f"the authorization of {decision_id} expired at {d.execute_by}; ask again "
+                    "(Decide) for a fresh judgement",
+                    reason=AUTHORIZATION_EXPIRED,
+                )
+            if d.status is Status.AUTHORIZED and d.breakglass is None and d.execution_id is None:
+                d = self._rejudge(d, now)  # a no-op unless the active revision changed
+                if d.status is Status.AUTHORIZED:
+                    return d
+            if d.reason_code == POLICY_CHANGED and d.status in (
+                Status.PENDING_AUTHORITY,
+                Status.DENIED,
+            ):
+                raise GrantRefused(
+                    f"decision {decision_id} was authorized under another policy revision; "
+                    f"under the active one ({d.policy_version[:12]}) it is {d.status.value} "
+                    f"({d.outcome.value}): {'; '.join(d.reasons[1:3]) or '-'}",
+                    reason=POLICY_CHANGED,
+                )
+            return d
 
     # -- approvals ---------------------------------------------------------------------------
 
@@ -504,19 +584,17 @@ class AuthorityService:
         self, d: Decision, subject: str, status: Status, code: str, reasons: list[str]
     ) -> NewEvent:
         outcome = Outcome.ALLOW if status is Status.AUTHORIZED else Outcome.DENY
-        return NewEvent(
-            d.decision_id,
-            _E.ENFORCEMENT_RESULT,
-            subject,
-            d.policy_version,
-            {
-                "status": status.value,
-                "outcome": outcome.value,
-                "reason_code": code,
-                "reasons": reasons,
-                "enforcement_mode": d.judgement.enforcement_mode if d.judgement else "enforced",
-            },
-        )
+        payload: dict[str, object] = {
+            "status": status.value,
+            "outcome": outcome.value,
+            "reason_code": code,
+            "reasons": reasons,
+            "enforcement_mode": d.judgement.enforcement_mode if d.judgement else "enforced",
+        }
+        if status is Status.AUTHORIZED:  # executable from now, for policy's window only
+            life = d.judgement.lifecycle if d.judgement else DEFAULT_LIFECYCLE
+            payload["execute_by"] = self._now() + life.execute_within_s
+        return NewEvent(d.decision_id, _E.ENFORCEMENT_RESULT, subject, d.policy_version, payload)
 
     # -- cancel ------------------------------------------------------------------------------
 

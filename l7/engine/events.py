@@ -121,9 +121,17 @@ def apply_enforcement(judgement: Judgement) -> Enforcement:
 
 
 def enforcement_payload(
-    enforcement: Enforcement, reason_code: str, reasons: Iterable[str]
+    enforcement: Enforcement,
+    reason_code: str,
+    reasons: Iterable[str],
+    *,
+    judgement: Judgement,
+    now: int,
 ) -> dict[str, object]:
-    """The ``enforcement.result`` payload for a judged decision (Decide and re-judgement)."""
+    """The ``enforcement.result`` payload for a judged decision (Decide and re-judgement).
+
+    An effective ALLOW (status authorized) carries ``execute_by``: ``now`` plus policy's
+    ``execute_within_s`` for the class and band; past it the authorization is expired."""
     status = Status.after_evaluation(enforcement.outcome)
     note = enforcement.note
     payload: dict[str, object] = {
@@ -136,6 +144,8 @@ def enforcement_payload(
     }
     if enforcement.waived:
         payload["waived"] = enforcement.waived
+    if status is Status.AUTHORIZED:
+        payload["execute_by"] = now + judgement.lifecycle.execute_within_s
     return payload
 
 
@@ -204,7 +214,9 @@ def decision_events(
             {"policy_input": policy_input_record(policy_input)} if policy_input else None
         )
         events.extend(evaluation_events(decision_id, actor, judgement, now=now, extra=extra))
-        result = enforcement_payload(apply_enforcement(judgement), reason_code, reasons)
+        result = enforcement_payload(
+            apply_enforcement(judgement), reason_code, reasons, judgement=judgement, now=now
+        )
     events.append(ev(EventType.ENFORCEMENT_RESULT, result))
     return events
 
@@ -260,6 +272,7 @@ def evaluation_events(
                     "approval_window_s": life.approval_window_s,
                     "ttl_s": life.ttl_s,
                     "rationale_required": life.rationale_required,
+                    "execute_within_s": life.execute_within_s,
                 },
                 "escalate_at": now + life.approval_window_s,
                 "expires_at": now + life.ttl_s,

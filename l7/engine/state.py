@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from l7.domain import (
+    DEFAULT_EXECUTE_WITHIN_S,
     ApprovalRecord,
     Authority,
     AuthorityState,
@@ -82,6 +83,7 @@ class _Fold:
         self.authorized_by: LedgerRef | None = None
         self.execution_id: str | None = None
         self.breakglass: BreakGlass | None = None
+        self.execute_by: int | None = None
 
     def apply(self, e: StoredEvent) -> None:
         p, kind = e.payload, e.event_type
@@ -100,7 +102,10 @@ class _Fold:
             )
             life = p["lifecycle"]
             self.lifecycle = Lifecycle(
-                int(life["approval_window_s"]), int(life["ttl_s"]), bool(life["rationale_required"])
+                int(life["approval_window_s"]),
+                int(life["ttl_s"]),
+                bool(life["rationale_required"]),
+                int(life.get("execute_within_s", DEFAULT_EXECUTE_WITHIN_S)),
             )
             # A new round: earlier approvals are void, the requirement is policy's again.
             self.state = AuthorityState(clauses, (), 0, int(p["escalate_at"]), int(p["expires_at"]))
@@ -129,6 +134,7 @@ class _Fold:
             self.status, self.outcome = Status.AUTHORIZED, Outcome.ALLOW
             self.reason_code, self.reasons = "breakglass", tuple(p["reasons"])
             self.authorized_by = LedgerRef(e.global_seq, e.hash, e.event_id)
+            self.execute_by = self.breakglass.expires_at
         elif kind == _E.BREAKGLASS_REVIEWED and self.breakglass is not None:
             self.breakglass = replace(
                 self.breakglass, reviewed_by=p["reviewer"], findings=p["findings"]
@@ -144,6 +150,8 @@ class _Fold:
             self.status = Status(p["status"])
             if self.status is Status.AUTHORIZED:
                 self.authorized_by = LedgerRef(e.global_seq, e.hash, e.event_id)
+                window = p.get("execute_by")  # absent (before windows existed): closed
+                self.execute_by = window if isinstance(window, int) else None
             if kind != _E.EXECUTION_CONFIRMED:
                 self.outcome = Outcome(p.get("outcome", Outcome.DENY.value))
                 self.reason_code = p.get("reason_code", kind)
@@ -195,4 +203,5 @@ def fold_decision(events: Sequence[StoredEvent]) -> Decision:
         authorized_by=f.authorized_by,
         execution_id=f.execution_id,
         breakglass=f.breakglass,
+        execute_by=f.execute_by,
     )

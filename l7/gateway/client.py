@@ -9,11 +9,12 @@
     def delete_file(path: str) -> dict: ...
 
 Calling ``delete_file(p)`` asks the engine to decide; on ALLOW the gateway checks and
-consumes the grant, the function runs, and the execution is confirmed with a result
-summary. QUEUE/ESCALATE raise ``PendingAuthority`` (with the decision id; see
-``Governed.resume``), DENY raises ``Denied``. The original function is kept only in a
-guarded form that refuses to run outside an authorized execution, so there is no
-direct path around the gateway.
+consumes the grant (for the ``environment`` this tool declares: the gateway must guard
+it), the function runs, and the execution is confirmed with a result summary and the
+confirmation token only this caller received from Authorize. QUEUE/ESCALATE raise
+``PendingAuthority`` (with the decision id; see ``Governed.resume``), DENY raises
+``Denied``. The original function is kept only in a guarded form that refuses to run
+outside an authorized execution, so there is no direct path around the gateway.
 """
 
 from __future__ import annotations
@@ -134,22 +135,36 @@ class GatewayClient:
                 raise GatewayDegraded(f"the gateway is unreachable: {err.message}") from None
             raise err from None
 
-    def authorize(self, grant: str, action: Mapping[str, Any]) -> gpb.AuthorizeResponse:
+    def authorize(
+        self, grant: str, action: Mapping[str, Any], *, environment: str
+    ) -> gpb.AuthorizeResponse:
+        """``environment``: where the action runs ("" is production); the response carries
+        the confirmation token ``confirm`` needs."""
         req = request_to_proto({"action": dict(action)})
         resp: gpb.AuthorizeResponse = self._call(
-            "Authorize", gpb.AuthorizeRequest(grant=grant, action=req.action)
+            "Authorize",
+            gpb.AuthorizeRequest(grant=grant, action=req.action, environment=environment),
         )
         return resp
 
     def confirm(
-        self, decision_id: str, execution_id: str, succeeded: bool, result: Mapping[str, Any]
+        self,
+        decision_id: str,
+        execution_id: str,
+        succeeded: bool,
+        result: Mapping[str, Any],
+        confirmation_token: str,
     ) -> None:
         s = struct_pb2.Struct()
         s.update(summarize_result(result))
         self._call(
             "ConfirmExecution",
             gpb.ConfirmExecutionRequest(
-                decision_id=decision_id, execution_id=execution_id, succeeded=succeeded, result=s
+                decision_id=decision_id,
+                execution_id=execution_id,
+                succeeded=succeeded,
+                result=s,
+                confirmation_token=confirmation_token,
             ),
         )
 
@@ -223,8 +238,11 @@ class Governed:
         timeout_s: float = 10.0,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        """``credentials``: the tool process's mTLS identity, presented to both the engine
-        and the gateway (``l7.tls.client_credentials(cert_dir, "tool")``)."""
+        """``environment``: where these tools act (dev, staging, production; anything else
+        is production). Decisions are judged for it, grants bind it, and only a gateway
+        guarding it runs them. ``credentials``: the tool process's mTLS identity,
+        presented to both the engine and the gateway
+        (``l7.tls.client_credentials(cert_dir, "tool")``)."""
         self.engine = GovernanceClient(
             engine, token=token, timeout_s=timeout_s, credentials=credentials
         )
@@ -301,15 +319,18 @@ class Governed:
             raise GrantRefused(f"decision {did} was already executed", reason="grant_replayed")
         if d["status"] != "authorized" or not grant:
             raise Denied(did, d.get("reason_code", ""), list(d.get("reasons", [])))
-        ex = self.gateway.authorize(grant, action)
+        ex = self.gateway.authorize(grant, action, environment=self.environment)
+        token = ex.confirmation_token
         with self._executing(ExecutionContext(did, ex.execution_id, dict(ex.secrets))):
             try:
                 result = tool._fn(*args, **kwargs)
             except Exception as e:
-                self.gateway.confirm(did, ex.execution_id, False, {"error": type(e).__name__})
+                self.gateway.confirm(
+                    did, ex.execution_id, False, {"error": type(e).__name__}, token
+                )
                 raise
         summary = dict(result) if isinstance(result, Mapping) else {"value": result}
-        self.gateway.confirm(did, ex.execution_id, True, summary)
+        self.gateway.confirm(did, ex.execution_id, True, summary, token)
         return result
 
     def wait(self, decision_id: str, *, timeout_s: float, poll_s: float = 0.5) -> dict[str, Any]:

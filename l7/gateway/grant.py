@@ -4,12 +4,15 @@ A grant is a compact JWS signed with EdDSA (Ed25519) by the engine's grant key::
 
     header  {"alg": "EdDSA", "typ": "l7-grant+jwt", "kid": <key fingerprint>}
     claims  {"iss": "layer7-engine", "aud": "layer7-gateway", "decision_id",
-             "action_hash", "target": {"type", "id"}, "ledger_hash", "policy_version",
-             "iat", "exp", "jti"}
+             "action_hash", "environment", "target": {"type", "id"}, "ledger_hash",
+             "policy_version", "iat", "exp", "jti"}
 
-``action_hash`` is the decision's intent hash (sha256 of the canonical action),
-``ledger_hash`` the hash of the ledger event that authorized the decision. The
-grant is single-use: the gateway consumes its ``jti`` in the ledger.
+``action_hash`` is the decision's intent hash (sha256 of the canonical action and its
+effective environment), ``environment`` that environment in clear so a gateway refuses a
+grant for an environment it does not serve before anything else, ``ledger_hash`` the
+hash of the ledger event that authorized the decision. ``exp`` never passes the
+decision's execution window (``execute_by``). The grant is single-use: the gateway
+consumes its ``jti`` in the ledger.
 """
 
 from __future__ import annotations
@@ -48,7 +51,15 @@ ISSUER = "layer7-engine"
 AUDIENCE = "layer7-gateway"
 TYP = "l7-grant+jwt"
 DEFAULT_GRANT_TTL_S = 300
-_REQUIRED = ("decision_id", "action_hash", "target", "ledger_hash", "policy_version", "jti")
+_REQUIRED = (
+    "decision_id",
+    "action_hash",
+    "environment",
+    "target",
+    "ledger_hash",
+    "policy_version",
+    "jti",
+)
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,8 @@ class Grant:
     issued_at: int
     expires_at: int
     jti: str
+    environment: str
+    """The effective environment the decision was judged for (also inside action_hash)."""
     breakglass: bool = False
     """A break-glass grant binds a scope (class + target), not one exact action."""
 
@@ -132,12 +145,22 @@ class GrantIssuer:
                     reason="grant_expired",
                 )
             exp = min(exp, bg.expires_at)
-            action_hash = scope_hash(decision.request.action.action_class, target.type, target.id)
+            action_hash = scope_hash(
+                decision.request.action.action_class, target.type, target.id, decision.environment
+            )
+        elif decision.execute_by is None or decision.execute_by <= now:
+            raise GrantRefused(
+                f"the authorization of {decision.decision_id} expired at {decision.execute_by}",
+                reason="authorization_expired",
+            )
+        else:
+            exp = min(exp, decision.execute_by)
         claims = {
             "iss": ISSUER,
             "aud": AUDIENCE,
             "decision_id": decision.decision_id,
             "action_hash": action_hash,
+            "environment": decision.environment,
             "breakglass": bg is not None,
             "target": {"type": target.type, "id": target.id},
             "ledger_hash": decision.authorized_by.hash,
@@ -220,5 +243,6 @@ class GrantVerifier:
             issued_at=iat,
             expires_at=exp,
             jti=str(claims["jti"]),
+            environment=str(claims["environment"]),
             breakglass=claims.get("breakglass") is True,
         )

@@ -7,17 +7,30 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from l7.engine.validate import struct_to_dict
+from l7.crypto import sha256_hex
+from l7.engine.validate import check_text, struct_to_dict
 from l7.errors import ConfigError, RequestInvalid
 from l7.gateway.service import GatewayService
 from l7.server.convert import confirmation_to_proto
+from l7.server.governance import peer_host
 from l7.server.interceptor import ErrorInterceptor
-from l7.tls import ServerTLS
+from l7.tls import ServerTLS, peer_cert_der, spiffe_id_of
 from l7.v1 import gateway_pb2 as gpb
 from l7.v1 import gateway_pb2_grpc as gpb_grpc
 from l7.v1 import governance_pb2 as pb
 
-__all__ = ["GatewayServicer", "create_gateway_server"]
+__all__ = ["GatewayServicer", "caller_of", "create_gateway_server"]
+
+
+def caller_of(context: grpc.ServicerContext) -> str:
+    """Who is calling, as the transport proves it: the mTLS identity (SPIFFE id) or, for a
+    certificate without one, its thumbprint; without mTLS the peer address. A confirmation
+    token is good only from the caller it was issued to."""
+    der = peer_cert_der(context)
+    if der is not None:
+        spiffe = spiffe_id_of(der)
+        return f"mtls:{spiffe}" if spiffe else f"cert:{sha256_hex(der)}"
+    return f"peer:{peer_host(context)}"
 
 
 def _action_dict(a: pb.Action) -> dict[str, object]:
@@ -43,12 +56,19 @@ class GatewayServicer(gpb_grpc.GatewayServicer):
             raise RequestInvalid("grant", "is required: a governed call needs an execution grant")
         if not request.HasField("action"):
             raise RequestInvalid("action", "is required: present the exact action to run")
-        ex = self.service.authorize(request.grant, _action_dict(request.action))
+        check_text(request.environment, "environment", limit=64)
+        ex = self.service.authorize(
+            request.grant,
+            _action_dict(request.action),
+            request.environment,
+            caller_of(context),
+        )
         return gpb.AuthorizeResponse(
             decision_id=ex.decision_id,
             execution_id=ex.execution_id,
             ledger=confirmation_to_proto(ex.ledger),
             secrets=dict(ex.secrets),
+            confirmation_token=ex.confirmation_token,
         )
 
     def ConfirmExecution(  # noqa: N802
@@ -61,6 +81,8 @@ class GatewayServicer(gpb_grpc.GatewayServicer):
             request.execution_id,
             request.succeeded,
             struct_to_dict(request.result, "result"),
+            request.confirmation_token,
+            caller_of(context),
         )
         return gpb.ConfirmExecutionResponse(ledger=confirmation_to_proto(c))
 

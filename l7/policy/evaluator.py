@@ -16,7 +16,17 @@ from urllib.parse import urlsplit
 import requests
 from opa_client import OpaClient
 
-from l7.domain import Authority, Band, Clause, Gate, Judgement, Lifecycle, Outcome, Risk
+from l7.domain import (
+    DEFAULT_EXECUTE_WITHIN_S,
+    Authority,
+    Band,
+    Clause,
+    Gate,
+    Judgement,
+    Lifecycle,
+    Outcome,
+    Risk,
+)
 from l7.errors import ConfigError, PolicyStoreDegraded
 
 __all__ = ["ENTRYPOINT", "OpaEvaluator", "parse_judgement"]
@@ -179,12 +189,16 @@ def parse_judgement(raw: Mapping[str, Any]) -> Judgement:
             approval_window_s=_int(life_d, "approval_window_s"),
             ttl_s=_int(life_d, "ttl_s"),
             rationale_required=rationale,
+            # A bundle from before execution windows names none: the shortest default.
+            execute_within_s=_int(life_d, "execute_within_s")
+            if "execute_within_s" in life_d
+            else DEFAULT_EXECUTE_WITHIN_S,
         )
     except (ValueError, TypeError, AttributeError) as e:
         raise PolicyStoreDegraded(f"policy result is malformed: {e}") from e
     if mode not in _MODES:
         raise PolicyStoreDegraded(f"policy result enforcement_mode {mode!r} is not one of {_MODES}")
-    if lifecycle.approval_window_s <= 0 or lifecycle.ttl_s <= 0:
+    if min(lifecycle.approval_window_s, lifecycle.ttl_s, lifecycle.execute_within_s) <= 0:
         raise PolicyStoreDegraded("policy lifecycle windows must be positive")
     if not 0 <= risk.score <= 100:
         raise PolicyStoreDegraded(f"policy risk score {risk.score} is outside 0..100")

@@ -81,6 +81,11 @@ GRANT = Exempt(
     "the execution grant the engine issued (compact JWS): verified, never stored",
     re.compile(r"[A-Za-z0-9_-]{1,4096}\.[A-Za-z0-9_-]{1,16384}\.[A-Za-z0-9_-]{1,1024}"),
 )
+CONFIRMATION_TOKEN = Exempt(
+    "the confirmation token the gateway issued at Authorize ('l7c_' + 32 random bytes, "
+    "base64url): checked against its digest, never stored",
+    re.compile(r"l7c_[A-Za-z0-9_-]{43}"),
+)
 SIGNATURE = Exempt(
     "an approval signature ('ed25519:<base64url>', or OpenBao transit 'vault:vN:<base64>')",
     re.compile(r"ed25519:[A-Za-z0-9_-]{86}|vault:v[1-9][0-9]{0,8}:[A-Za-z0-9+/]{1,512}={0,2}"),
@@ -121,6 +126,7 @@ RULES: Mapping[str, Mapping[str, Rule]] = MappingProxyType(
         "l7.v1.ConfirmExecutionRequest": {
             "decision_id": DECISION_ID,
             "execution_id": EXECUTION_ID,
+            "confirmation_token": CONFIRMATION_TOKEN,
             "result": REDACT,
         },
     }

@@ -96,6 +96,7 @@ def decision_to_proto(dec: Decision) -> pb.Decision:
         ),
     )
     out.action.payload.update(dict(req.action.payload))
+    out.execute_by = dec.execute_by or 0
     j = dec.judgement
     if j is not None:
         out.environment = j.environment

@@ -250,6 +250,9 @@ class GovernanceService(pb_grpc.GovernanceServicer):
             raise GrantRefused(
                 "this engine issues no grants (no grant key)", reason="not_authorized"
             )
+        # Only now, for the requester: expire a lapsed authorization and re-judge one made
+        # under a policy revision that is no longer active (both recorded; docs/0013).
+        d = self.authority.grantable(d.decision_id)
         return pb.GetGrantResponse(grant=self.grants.issue(d))
 
     def GetDecision(  # noqa: N802

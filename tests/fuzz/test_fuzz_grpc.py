@@ -735,12 +735,13 @@ def _same_grant(a: str, b: str) -> bool:
 
 
 def encode_authorize(grant: str, action: dict[str, Any]) -> bytes:
-    """AuthorizeRequest {grant = 1, action = 2}, the action encoded as in encode_decide."""
+    """AuthorizeRequest {grant = 1, action = 2, environment = 3}, the action encoded as in
+    encode_decide; the environment is the one the grant was judged for (read-dev.json)."""
     body = build_decide({"action": action}).action.SerializeToString()
     p = payload_of({"action": action})
     if p is not None:
         body += ld(4, struct_bytes(p))
-    return ld(1, grant.encode("utf-8", "surrogatepass")) + ld(2, body)
+    return ld(1, grant.encode("utf-8", "surrogatepass")) + ld(2, body) + ld(3, b"dev")
 
 
 @fuzz()

@@ -67,8 +67,10 @@ def test_l4_opens_executes_in_scope_and_another_l4_reviews(world: World) -> None
     assert info["opened_by"] == "sec1" and grant
     assert info["expires_at"] - world.clock.unix() == 600
     gw = GatewayClient(world.stack.gateway_target)
-    ex = gw.authorize(grant, action())  # any payload, inside the scope
-    gw.confirm(info["decision_id"], ex.execution_id, True, {"rolled_back": True})
+    ex = gw.authorize(grant, action(), environment="production")  # any payload, in scope
+    gw.confirm(
+        info["decision_id"], ex.execution_id, True, {"rolled_back": True}, ex.confirmation_token
+    )
     gw.close()
     with world.client("sec1") as c, pytest.raises(RemoteError) as self_review:
         c.review_breakglass(info["decision_id"], "fine")
@@ -129,7 +131,7 @@ def test_grant_outside_scope_is_refused_at_the_gateway(world: World) -> None:
     gw = GatewayClient(world.stack.gateway_target)
     for other in (action(target=("service", "ledger-api")), action(cls="data.delete")):
         with pytest.raises(RemoteError) as ei:
-            gw.authorize(grant, other)
+            gw.authorize(grant, other, environment="production")
         assert ei.value.reason == "action_mismatch"
     gw.close()
 
@@ -139,7 +141,7 @@ def test_expired_breakglass_grant_is_refused(world: World) -> None:
     world.clock.advance(121)
     gw = GatewayClient(world.stack.gateway_target)
     with pytest.raises(RemoteError) as ei:
-        gw.authorize(grant, action())
+        gw.authorize(grant, action(), environment="production")
     gw.close()
     assert ei.value.reason == "grant_expired"
 

@@ -214,6 +214,9 @@ def test_demo_walks_the_scenario_and_exits_zero() -> None:
         "outcome  : DENY",
         "outcome  : QUEUE",
         "policy_store_degraded",
+        "a dev grant presented for production -> refused: environment_mismatch",
+        "refused: authorization_expired",
+        "the decision is now expired (authorization_expired)",
         "ledger verified",
         "Demo complete.",
     ):

@@ -761,7 +761,7 @@ def test_dependency_down_fails_closed_then_resumes(world: World, row: Row) -> No
             gw = GatewayClient(w.stack.gateway_target, timeout_s=10)
             try:
                 with pytest.raises(RemoteError) as ei:
-                    gw.authorize(pre[1], pre[0])
+                    gw.authorize(pre[1], pre[0], environment="dev")
             finally:
                 gw.close()
             assert (ei.value.code, ei.value.reason) == row.gateway
@@ -788,7 +788,7 @@ def test_dependency_down_fails_closed_then_resumes(world: World, row: Row) -> No
     if pre is not None:  # the very grant that was refused is honoured now
         gw = GatewayClient(w.stack.gateway_target, timeout_s=10)
         try:
-            assert gw.authorize(pre[1], pre[0]).execution_id
+            assert gw.authorize(pre[1], pre[0], environment="dev").execution_id
         finally:
             gw.close()
     if pending is not None:

@@ -60,17 +60,17 @@ def decide(stack: Stack, req: dict[str, Any]) -> tuple[dict[str, Any], str]:
     return decision_json(r.decision), r.grant
 
 
-def authorize(stack: Stack, grant: str, action: dict[str, Any]) -> Any:
+def authorize(stack: Stack, grant: str, action: dict[str, Any], env: str = "dev") -> Any:
     gw = GatewayClient(stack.gateway_target)
     try:
-        return gw.authorize(grant, action)
+        return gw.authorize(grant, action, environment=env)
     finally:
         gw.close()
 
 
-def refused(stack: Stack, grant: str, action: dict[str, Any]) -> RemoteError:
+def refused(stack: Stack, grant: str, action: dict[str, Any], env: str = "dev") -> RemoteError:
     with pytest.raises(RemoteError) as ei:
-        authorize(stack, grant, action)
+        authorize(stack, grant, action, env)
     assert ei.value.code == grpc.StatusCode.PERMISSION_DENIED
     return ei.value
 
@@ -105,9 +105,12 @@ def test_authorize_consumes_once_then_confirm_executes(gstack: Stack) -> None:
     assert r.decision_id == d["decision_id"]
     assert refused(gstack, grant, req["action"]).reason == "grant_replayed"
     gw = GatewayClient(gstack.gateway_target)
-    gw.confirm(d["decision_id"], r.execution_id, True, {"rows": 3, "blob": "x" * 1000})
+    gw.confirm(
+        d["decision_id"], r.execution_id, True, {"rows": 3, "blob": "x" * 1000},
+        r.confirmation_token,
+    )  # fmt: skip
     with pytest.raises(RemoteError) as again:
-        gw.confirm(d["decision_id"], r.execution_id, True, {})
+        gw.confirm(d["decision_id"], r.execution_id, True, {}, r.confirmation_token)
     gw.close()
     assert again.value.reason == "grant_replayed"
     with GovernanceClient(gstack.target) as c:
@@ -211,7 +214,7 @@ def test_gateway_cli_refuses_to_start_without_key(tmp_path: Path) -> None:
 
     r = subprocess.run(
         [sys.executable, "-m", "l7.cli.main", "gateway", "serve", "--ledger",
-         f"sqlite:///{tmp_path / 'l.sqlite'}"],
+         f"sqlite:///{tmp_path / 'l.sqlite'}", "--env", "production"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert r.returncode == 2
@@ -256,7 +259,9 @@ def test_governed_tool_allow_runs_and_is_confirmed(gstack: Stack, tmp_path: Path
     gov.close()
 
 
-def test_governed_tool_queue_raises_pending_then_resume_runs(gstack: Stack, tmp_path: Path) -> None:
+def test_governed_tool_queue_raises_pending_then_resume_runs(
+    gstack: Stack, tmp_path: Path, clock: Clock
+) -> None:
     (tmp_path / "b.txt").write_text("x")
     gov, _, delete_file, _ = make_tools(gstack, tmp_path)
     with pytest.raises(PendingAuthority) as ei:
@@ -277,7 +282,8 @@ def test_governed_tool_queue_raises_pending_then_resume_runs(gstack: Stack, tmp_
                 "sue",
                 d.policy_version,
                 {"status": "authorized", "outcome": "ALLOW", "reason_code": "quorum_reached",
-                 "reasons": ["test"], "enforcement_mode": "enforced"},
+                 "reasons": ["test"], "enforcement_mode": "enforced",
+                 "execute_by": int(clock.now.timestamp()) + 600},
             )
         ]
     )  # fmt: skip

@@ -55,7 +55,7 @@ def two_gateways(tmp_path: Path) -> Iterator[tuple[Stack, list[str]]]:
                         [sys.executable, "-m", "l7.cli.main", "gateway", "serve",
                          "--addr", target, "--ledger", url, "--gateway-id", f"gw-{i}",
                          "--grant-public-key", str(stack.grant_public_key_path),
-                         "--work-dir", str(tmp_path)],
+                         "--work-dir", str(tmp_path), "--env", "dev"],
                         stdout=log, stderr=subprocess.STDOUT,
                     )
                 )  # fmt: skip
@@ -86,9 +86,11 @@ def test_each_grant_is_used_exactly_once_across_two_gateways(
         g, grant, action = job
         for _ in range(5):  # a busy SQLite writer is transient: retry that, nothing else
             try:
-                ex = gateways[g].authorize(grant, action)
+                ex = gateways[g].authorize(grant, action, environment="dev")
                 if g == 0:  # the winner confirms half the time: a mixed run
-                    gateways[g].confirm(ex.decision_id, ex.execution_id, True, {"ok": True})
+                    gateways[g].confirm(
+                        ex.decision_id, ex.execution_id, True, {"ok": True}, ex.confirmation_token
+                    )
                 return (g, "ok")
             except RemoteError as e:
                 if e.reason != "ledger_degraded":

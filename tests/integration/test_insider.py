@@ -33,7 +33,14 @@ from tests.ledger.postgres import APP_PASSWORD, APP_ROLE
 
 pytestmark = pytest.mark.integration
 
-AUTHORIZED = {"status": "authorized", "outcome": "ALLOW", "reason_code": "policy", "reasons": []}
+# the best forgery: an open execution window too (2100-01-01)
+AUTHORIZED = {
+    "status": "authorized",
+    "outcome": "ALLOW",
+    "reason_code": "policy",
+    "reasons": [],
+    "execute_by": 4102444800,
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -104,7 +111,7 @@ def _assert_refused_everywhere(
         gw = GatewayClient(stack.gateway_target)
         try:
             with pytest.raises(RemoteError) as ei:
-                gw.authorize(grant, d_action)
+                gw.authorize(grant, d_action, environment="production")
                 ran.append("tool")  # what the governed tool would do next
         finally:
             gw.close()

@@ -52,7 +52,7 @@ def test_engine_and_gateway_work_over_the_ledger_service(
         r = c.decide_proto(request_to_proto(req))
         assert r.grant
         gw = GatewayClient(stack.gateway_target)
-        gw.authorize(r.grant, req["action"])
+        gw.authorize(r.grant, req["action"], environment="dev")
         gw.close()
         assert c.get_decision(r.decision.decision_id)["status"] == "authorized"
     types = [e.event_type for e in led.get_stream(r.decision.decision_id)]
@@ -105,7 +105,7 @@ def test_failed_integrity_check_enters_restriction_mode(tmp_path: Path) -> None:
         assert (d["outcome"], d["reason_code"]) == ("DENY", "ledger_integrity_failed")
         gw = GatewayClient(stack.gateway_target)
         with pytest.raises(RemoteError) as ei:
-            gw.authorize(first.grant, request()["action"])
+            gw.authorize(first.grant, request()["action"], environment="dev")
         gw.close()
         assert ei.value.reason == "ledger_integrity_failed"
         assert stack.engine is not None

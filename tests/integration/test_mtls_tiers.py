@@ -213,7 +213,7 @@ def test_tool_runs_end_to_end_over_mtls(tiers: Tiers) -> None:
     assert resp.grant, "an ALLOW over mTLS carries an execution grant"
     gw = GatewayClient(tiers.stack.gateway_target, credentials=creds)
     try:
-        auth = gw.authorize(resp.grant, _request("mtls-e2e")["action"])
+        auth = gw.authorize(resp.grant, _request("mtls-e2e")["action"], environment="dev")
     finally:
         gw.close()
     assert auth.decision_id == resp.decision.decision_id

@@ -187,11 +187,15 @@ def _gateway(field: str) -> Callable[[World, str], Any]:
         gw = GatewayClient(w.stack.gateway_target)
         try:
             if field == "action.intent":
-                return gw.authorize(resp.grant, {**req["action"], "intent": f"do {value}"})
-            ex = gw.authorize(resp.grant, req["action"])
+                return gw.authorize(
+                    resp.grant, {**req["action"], "intent": f"do {value}"}, environment="dev"
+                )
+            ex = gw.authorize(resp.grant, req["action"], environment="dev")
             ids = {"decision_id": resp.decision.decision_id, "execution_id": ex.execution_id}
             ids[field] = value
-            return gw.confirm(ids["decision_id"], ids["execution_id"], True, {"rows": 1})
+            return gw.confirm(
+                ids["decision_id"], ids["execution_id"], True, {"rows": 1}, ex.confirmation_token
+            )
         finally:
             gw.close()
 
@@ -285,12 +289,13 @@ def _plant_everywhere(w: World) -> tuple[list[str], str]:
     with w.client("alice") as c:
         resp = c.decide_proto(request_to_proto(req))
     gw = GatewayClient(w.stack.gateway_target)
-    ex = gw.authorize(resp.grant, req["action"])
+    ex = gw.authorize(resp.grant, req["action"], environment="dev")
     gw.confirm(
         resp.decision.decision_id,
         ex.execution_id,
         True,
         {"rows": 3, "echo": f"used {marker}", "api_token": "hunter2", "note": canary},
+        ex.confirmation_token,
     )
     gw.close()
     (confirmed,) = w.payloads({"decision_id": resp.decision.decision_id}, "execution.confirmed")

@@ -96,18 +96,20 @@ def test_grant_binds_to_the_tool(gstack: Stack) -> None:
     try:
         for other in ({**req["action"], "tool": "read_file"}, request()["action"]):
             with pytest.raises(RemoteError) as err:
-                gw.authorize(grant, other)
+                gw.authorize(grant, other, environment="dev")
             assert err.value.reason == "action_mismatch"
-        assert gw.authorize(grant, req["action"]).decision_id == d["decision_id"]
+        assert gw.authorize(grant, req["action"], environment="dev").decision_id == d["decision_id"]
     finally:
         gw.close()
 
 
 def test_intent_hash_covers_the_tool_and_keeps_old_hashes() -> None:
     action = request()["action"]
-    assert intent_hash(action) == intent_hash({**action, "tool": ""})  # earlier requests
-    assert intent_hash(action) != intent_hash({**action, "tool": "report-builder"})
-    assert intent_hash({**action, "tool": "a"}) != intent_hash({**action, "tool": "b"})
+    assert intent_hash(action, "dev") == intent_hash({**action, "tool": ""}, "dev")  # earlier
+    assert intent_hash(action, "dev") != intent_hash({**action, "tool": "report-builder"}, "dev")
+    assert intent_hash({**action, "tool": "a"}, "dev") != intent_hash(
+        {**action, "tool": "b"}, "dev"
+    )
 
 
 def test_governed_tool_named_on_the_list_runs_and_other_is_denied(

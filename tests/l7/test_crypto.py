@@ -54,16 +54,27 @@ def test_intent_hash_known_answer_and_matches_decision_request() -> None:
         "payload": {"limit": 10},
     }
     expected = "sha256:" + sha256_hex(
-        b'{"class":"data.read","intent":"read orders","payload":{"limit":10},'
-        b'"target":{"id":"orders","type":"dataset"}}'
+        b'{"class":"data.read","environment":"dev","intent":"read orders",'
+        b'"payload":{"limit":10},"target":{"id":"orders","type":"dataset"}}'
     )
-    assert intent_hash(action) == expected
+    assert intent_hash(action, "dev") == expected
     req = DecisionRequest(
         Action("data.read", "read orders", Target("dataset", "orders"), {"limit": 10}),
         Context(Actor("agent-1", "engineer", 1), "dev"),
     )
-    assert intent_hash(req.to_dict()["action"]) == expected
-    assert "sha256:" + sha256_hex(rfc8785.dumps(req.to_dict()["action"])) == expected
+    assert intent_hash(req.to_dict()["action"], "dev") == expected
+    whole = {**req.to_dict()["action"], "environment": "dev"}
+    assert "sha256:" + sha256_hex(rfc8785.dumps(whole)) == expected
+
+
+def test_intent_hash_covers_the_effective_environment() -> None:
+    """A dev approval or grant never covers the byte-identical production action; a
+    missing or unknown environment is production, as policy judges it (issue #13)."""
+    action = {"class": "a", "intent": "b", "target": {"type": "t", "id": "i"}, "payload": {}}
+    by_env = {e: intent_hash(action, e) for e in ("dev", "staging", "production")}
+    assert len(set(by_env.values())) == 3
+    for unknown in ("", "prod", "Production", "dev ", "local"):
+        assert intent_hash(action, unknown) == by_env["production"]
 
 
 @pytest.mark.parametrize(
@@ -85,7 +96,7 @@ def test_intent_hash_known_answer_and_matches_decision_request() -> None:
 )
 def test_intent_hash_refuses_other_shapes(action: dict[str, Any], field: str) -> None:
     with pytest.raises(RequestInvalid, match="must") as e:
-        intent_hash(action)
+        intent_hash(action, "dev")
     assert e.value.field == field
 
 

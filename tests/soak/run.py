@@ -170,6 +170,8 @@ class Execution:
     execution_id: str
     jti: str
     authorized: Conf
+    confirmation_token: str = ""
+    """What Authorize returned to this executor; ConfirmExecution requires it."""
 
 
 @dataclass
@@ -183,11 +185,16 @@ class ChaosEvent:
     error: str = ""
 
 
-def _jti(grant: str) -> str:
-    """The grant's single-use id, read from the JWS payload (the gateway verifies it)."""
+def _claims(grant: str) -> dict[str, Any]:
+    """The grant's claims, read from the JWS payload (the gateway verifies them)."""
     part = grant.split(".")[1]
-    claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
-    return str(claims["jti"])
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    return claims
+
+
+def _jti(grant: str) -> str:
+    """The grant's single-use id."""
+    return str(_claims(grant)["jti"])
 
 
 def _conf(op: str, decision_id: str, c: pb.LedgerConfirmation) -> Conf:
@@ -584,6 +591,8 @@ class Soak:
                 f"grpc://127.0.0.1:{ledger_port}",
                 "--gateway-id",
                 "soak-gw",
+                "--env",
+                "dev,production",
                 "--grant-public-key",
                 str(pub),
                 "--work-dir",
@@ -763,7 +772,11 @@ class Soak:
 
     def _execute(self, path: str, grant: str, action: dict[str, Any], rng: random.Random) -> bool:
         """Authorize -> run the fake tool -> confirm. True when the tool ran."""
-        req = gpb.AuthorizeRequest(grant=grant, action=request_to_proto({"action": action}).action)
+        req = gpb.AuthorizeRequest(
+            grant=grant,
+            action=request_to_proto({"action": action}).action,
+            environment=str(_claims(grant).get("environment", "")),  # where the tool runs
+        )
         jti = _jti(grant)
         r = self._retry(
             "authorize",
@@ -785,7 +798,7 @@ class Soak:
         self._record(conf)
         if r.execution_id != jti:
             self.violations.append(f"authorize returned execution {r.execution_id} for jti {jti}")
-        ex = Execution(path, r.decision_id, r.execution_id, jti, conf)
+        ex = Execution(path, r.decision_id, r.execution_id, jti, conf, r.confirmation_token)
         with self.lock:
             self.executions.append(ex)  # the fake tool ran
             self.ops[f"execute.{path}"] += 1
@@ -819,7 +832,11 @@ class Soak:
         s = struct_pb2.Struct()
         s.update({"ok": True, "path": ex.path})
         req = gpb.ConfirmExecutionRequest(
-            decision_id=ex.decision_id, execution_id=ex.execution_id, succeeded=True, result=s
+            decision_id=ex.decision_id,
+            execution_id=ex.execution_id,
+            succeeded=True,
+            result=s,
+            confirmation_token=ex.confirmation_token,
         )
         r = self._retry(
             "confirm",

@@ -57,14 +57,25 @@ _cosign_clauses := [_cosign_clause] if _cosign_applies
 else := []
 
 # lifecycle says how long a pending decision may wait for each level of authority
-# before it escalates (approval_window_s), when it expires (ttl_s), and whether
-# approvers must give a structured rationale. An unknown band gets the shortest
-# window and life (fail safe: escalate and expire sooner, never later).
+# before it escalates (approval_window_s), when it expires (ttl_s), whether
+# approvers must give a structured rationale, and how long an authorization stays
+# executable once granted (execute_within_s: past it the decision is expired and
+# no grant runs). An unknown band gets the shortest window and life (fail safe:
+# escalate and expire sooner, never later).
 lifecycle := {
 	"approval_window_s": _per_band("approval_window_s", 3600),
 	"ttl_s": _per_band("ttl_s", 14400),
 	"rationale_required": _rationale_required,
+	"execute_within_s": execute_within_s,
 }
+
+# execute_within_s is the execution window of the class and band: the class's own
+# execute_within_s[band] when it sets one, else the band's, else 600 seconds.
+execute_within_s := n if {
+	n := lib.class_config.execute_within_s[risk.band]
+	is_number(n)
+	n > 0
+} else := _per_band("execute_within_s", 600)
 
 _per_band(key, fallback) := n if {
 	n := lib.config.authority.lifecycle[key][risk.band]

@@ -97,18 +97,34 @@ test_cosign_bands_come_from_data if {
 }
 
 test_lifecycle_low_band_uses_the_long_window if {
-	authority.lifecycle == {"approval_window_s": 14400, "ttl_s": 86400, "rationale_required": false} with input as _req("data.read", "dev", "dataset", {})
+	authority.lifecycle == {"approval_window_s": 14400, "ttl_s": 86400, "rationale_required": false, "execute_within_s": 14400} with input as _req("data.read", "dev", "dataset", {})
 }
 
 test_lifecycle_high_band_needs_rationale_and_a_shorter_window if {
-	authority.lifecycle == {"approval_window_s": 7200, "ttl_s": 43200, "rationale_required": true} with input as _req("deploy.release", "production", "service", {"blast_radius": 40})
+	authority.lifecycle == {"approval_window_s": 7200, "ttl_s": 43200, "rationale_required": true, "execute_within_s": 1800} with input as _req("deploy.release", "production", "service", {"blast_radius": 40})
 }
 
 test_lifecycle_critical_is_shortest if {
-	authority.lifecycle == {"approval_window_s": 3600, "ttl_s": 14400, "rationale_required": true} with input as _req("funds.transfer", "production", "account", {"amount": 1000000})
+	authority.lifecycle == {"approval_window_s": 3600, "ttl_s": 14400, "rationale_required": true, "execute_within_s": 600} with input as _req("funds.transfer", "production", "account", {"amount": 1000000})
 }
 
 test_lifecycle_missing_or_bad_data_fails_safe if {
-	authority.lifecycle == {"approval_window_s": 3600, "ttl_s": 14400, "rationale_required": true} with input as _req("deploy.release", "production", "service", {"blast_radius": 40})
-		with data.l7.config.authority.lifecycle as {"approval_window_s": {"high": "soon"}, "ttl_s": {"high": -1}}
+	authority.lifecycle == {"approval_window_s": 3600, "ttl_s": 14400, "rationale_required": true, "execute_within_s": 600} with input as _req("deploy.release", "production", "service", {"blast_radius": 40})
+		with data.l7.config.authority.lifecycle as {"approval_window_s": {"high": "soon"}, "ttl_s": {"high": -1}, "execute_within_s": {"high": 0}}
+}
+
+test_execute_within_follows_the_band if {
+	authority.execute_within_s == 3600 with input as _req("deploy.release", "production", "service", {})
+		with data.l7.config.authority.lifecycle.execute_within_s as {"low": 7, "medium": 3600}
+		with data.l7.risk.band as "medium"
+}
+
+test_execute_within_class_override_wins if {
+	authority.execute_within_s == 120 with input as _req("data.read", "dev", "dataset", {})
+		with data.l7.config.classes["data.read"].execute_within_s as {"low": 120}
+}
+
+test_execute_within_class_override_must_be_positive if {
+	authority.execute_within_s == 14400 with input as _req("data.read", "dev", "dataset", {})
+		with data.l7.config.classes["data.read"].execute_within_s as {"low": -5}
 }

@@ -32,7 +32,7 @@ default result := {
 		"cosign": [],
 		"clauses": [{"id": "executive", "min_level": 5, "count": 1}],
 	},
-	"lifecycle": {"approval_window_s": 3600, "ttl_s": 14400, "rationale_required": true},
+	"lifecycle": {"approval_window_s": 3600, "ttl_s": 14400, "rationale_required": true, "execute_within_s": 600},
 	"reasons": ["policy could not evaluate the request: denied (fail closed)"],
 }
 
