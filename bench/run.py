@@ -128,11 +128,12 @@ def _variants(name: str, n: int = ACTORS) -> list[dict[str, Any]]:
 # -- servers ------------------------------------------------------------------------------
 
 
-def start_engine(ledger_url: str, work: Path, name: str) -> Server:
+def start_engine(ledger_url: str, work: Path, name: str, *, unsigned: bool = False) -> Server:
     log(f"starting engine {name} (l7 serve, ledger {ledger_url.rsplit('@', maxsplit=1)[-1]})")
+    cmd = [sys.executable, "-m", "bench.unsigned_engine"] if unsigned else [L7]
     return Server(
         [
-            L7,
+            *cmd,
             "serve",
             "--addr",
             "127.0.0.1:0",
@@ -300,6 +301,28 @@ def bench_decide_sqlite(work: Path, sizes: Sizes) -> dict[str, Any]:
     led = open_ledger(url, create=False)
     res["ledger_events"] = led.count()
     led.close()
+    res.update(bench_decide_unsigned(work, sizes))
+    return res
+
+
+def bench_decide_unsigned(work: Path, sizes: Sizes) -> dict[str, Any]:
+    """The same Decide runs against an engine with tier signing and continuous
+    checkpoints off (``bench.unsigned_engine``): the cost of the insider-proof ledger."""
+    url = f"sqlite:///{work / 'decide-unsigned.sqlite'}"
+    engine = start_engine(url, work, "unsigned", unsigned=True)
+    res: dict[str, Any] = {}
+    try:
+        reqs = [request_to_proto(d) for d in _variants(REQUEST_FILE)]
+        with channel(engine.info["target"]) as ch:
+            issue = _decide_issuer([pb_grpc.GovernanceStub(ch)], reqs)
+            closed_loop(issue, 200, 4)
+            for inflight in (1, 32):
+                log(f"Decide gRPC + SQLite, signing and checkpoints OFF, {inflight} in flight")
+                res[f"decide_unsigned_{inflight}"] = with_cpu(
+                    [engine], functools.partial(closed_loop, issue, sizes.requests, inflight)
+                )
+    finally:
+        engine.stop()
     return res
 
 
@@ -633,6 +656,14 @@ def build_table(res: dict[str, Any]) -> tuple[list[list[str]], list[tuple[str, s
     ]
     for k in (1, 8, 32):
         rows.append(_row(f"Decide gRPC + SQLite, {k} in flight", d.get(f"decide_{k}"), base))
+    for k in (1, 32):
+        rows.append(
+            _row(
+                f"  same, signing + checkpoints OFF, {k} in fl.",
+                d.get(f"decide_unsigned_{k}"),
+                base,
+            )
+        )
     rows.append(_row("Decide, QUEUE input, 1 in flight", d.get("decide_queue_1"), base))
     fr = d.get("fixed_rate")
     if fr:
@@ -741,6 +772,18 @@ def build_table(res: dict[str, Any]) -> tuple[list[list[str]], list[tuple[str, s
                 pa["per_s"] >= 5_000,
             )
         )
+    for k in (1, 32):
+        on, off = d.get(f"decide_{k}"), d.get(f"decide_unsigned_{k}")
+        if on and off:
+            r = on["per_s"] / off["per_s"]
+            checks.append(
+                (
+                    f"Decide/s with signing + checkpoints, {k} in fl.",
+                    f"{r:.2f}x of off",
+                    ">= 0.90x (issue #12)",
+                    r >= 0.90,
+                )
+            )
     vs = res.get("verify_sqlite", {}).get("verify", []) + res.get("verify_postgres", {}).get(
         "verify", []
     )

@@ -208,3 +208,24 @@ def test_a_forged_restriction_clear_does_not_lift_restriction(
     with GovernanceClient(stack.target) as c:
         d = c.decide(request(key="still-restricted"))
     assert (d["outcome"], d["reason_code"]) == ("DENY", "ledger_integrity_failed")
+
+
+def test_a_forged_policy_activation_cannot_move_the_rollback_floor(tmp_path: Path) -> None:
+    """The floor is the signed policy.activated history: a forged activation of another
+    revision (to raise the floor, or to fake the history) stops the next start instead of
+    being believed."""
+    from l7.errors import LedgerIntegrityFailed
+
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+    cfg = StackConfig(ledger_url=url, work_dir=tmp_path, sweep_interval_s=0)
+    with Stack(cfg) as s:
+        assert s.bundle is not None
+        revision = s.bundle.revision
+    forge_event(
+        url, "policy/local", "policy.activated",
+        {"env": "local", "revision": "f" * 64, "bundle_sha256": "e" * 64,
+         "previous_revision": revision, "rollback": False},
+        policy_version="f" * 64,
+    )  # fmt: skip
+    with pytest.raises(LedgerIntegrityFailed, match=r"authority_unsigned.*policy\.activated"):
+        Stack(cfg).start()
