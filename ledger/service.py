@@ -807,6 +807,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="treat every caller as the writer 'local' with no authentication (tests only; "
         "'l7 ledger serve' authenticates callers with OIDC instead)",
     )
+    p.add_argument(
+        "--insecure-role",
+        action="append",
+        default=[],
+        help="with --insecure-allow-all: the roles every caller gets instead of 'writer' "
+        "(repeatable; tests only, e.g. 'auditor' to export or verify)",
+    )
     add_checkpoint_arguments(p)
     a = p.parse_args(argv)
     if not a.insecure_allow_all:
@@ -816,7 +823,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        return serve(a.ledger, a.addr, AllowAll(), **checkpoint_options(a))
+        authorizer = AllowAll(roles=a.insecure_role) if a.insecure_role else AllowAll()
+        return serve(a.ledger, a.addr, authorizer, **checkpoint_options(a))
     except (LedgerError, ValueError, OSError, TypeError) as e:
         print(f"ledger service: {e}", file=sys.stderr)
         return 2

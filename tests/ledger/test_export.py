@@ -19,7 +19,14 @@ from hypothesis import strategies as st
 
 from ledger import GENESIS_HASH, IntegrityViolation, VerifyRow
 from ledger.checkpoint import Checkpoint, Ed25519CheckpointSigner
-from ledger.export import ExportReport, build_export, dump_export, verify_export
+from ledger.export import (
+    ExportReport,
+    PackWriter,
+    build_export,
+    dump_export,
+    verify_export,
+    verify_export_file,
+)
 from ledger.merkle import MerkleTree, ProofInvalid
 from ledger.note import ALG_COSIGNATURE_V1, VerifierKey
 from tests.ledger.test_audit import ORDER, WITNESS, checkpoints_for, cosigs, make_log
@@ -293,3 +300,32 @@ def test_spans_cover_the_content() -> None:
     assert len(SPANS) > len(DATA) // 2
     for ev in DOC["events"]:
         assert DATA.index(json.dumps(ev["body"]).encode()[1:-1]) in SPANS
+
+
+def test_truncated_pack_or_trailing_lines_are_refused(tmp_path: Any) -> None:
+    lines = DATA.splitlines(keepends=True)
+    with pytest.raises(ProofInvalid, match="ends before its verification block"):
+        verify_export(b"".join(lines[:-1]), PUB)  # the trailer cut off
+    with pytest.raises(ProofInvalid, match="not a complete line"):
+        verify_export(DATA[:-1], PUB)  # the last newline cut off
+    with pytest.raises(ProofInvalid, match="goes on after its verification block"):
+        verify_export(DATA + lines[1], PUB)
+    path = tmp_path / "pack.jsonl"
+    path.write_bytes(DATA)
+    assert verify_export_file(path, PUB) == verify_export(DATA, PUB)
+
+
+def test_pack_writer_streams_the_same_bytes(tmp_path: Any) -> None:
+    import io
+
+    buf = io.BytesIO()
+    writer = PackWriter(buf, public_key_raw=PUB)
+    writer.header(DOC)
+    for ev in DOC["events"]:
+        writer.event(ev)
+    writer.finish()
+    assert buf.getvalue() == DATA
+    bad = PackWriter(io.BytesIO())
+    bad.header(DOC)
+    with pytest.raises(IntegrityViolation, match="hash_mismatch"):
+        bad.event({**DOC["events"][0], "body": DOC["events"][0]["body"] + " "})
