@@ -119,6 +119,7 @@ test: setup postgres goverify opa-test lint ## Set up, then Rego tests + coverag
 
 bench: setup postgres ## Benchmarks vs bare OPA (docs/performance.md), ~10 min; BENCH_QUICK=1 for ~1 min
 	$(PY) -m bench.run
+	$(PY) -m bench.bounded_export 1000000
 
 .PHONY: soak
 SOAK_SECONDS ?= 300

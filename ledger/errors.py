@@ -7,7 +7,8 @@
     ├── DuplicateKey               an event's unique_key (idempotency key, nonce, grant id) is taken
     ├── StaleHead                  a signed batch names a stream head that moved: sign again
     ├── IntegrityViolation         verification found an edited, missing, inserted or moved event
-    └── WitnessRefused             a witness refused to cosign a checkpoint (rewind, fork, proof)
+    ├── WitnessRefused             a witness refused to cosign a checkpoint (rewind, fork, proof)
+    └── ReadLimited                a costly read (Verify) over the caller's or the service's budget
 
 ``WitnessUnavailable`` (a LedgerUnavailable) is a witness that cannot be reached.
 ``ProofInvalid`` (``ledger.merkle``) is malformed or non-verifying evidence.
@@ -25,6 +26,7 @@ __all__ = [
     "InvalidEvent",
     "LedgerError",
     "LedgerUnavailable",
+    "ReadLimited",
     "SchemaTampered",
     "StaleHead",
     "WitnessRefused",
@@ -113,3 +115,12 @@ class WitnessRefused(LedgerError):
         self.witness = witness
         self.status = status
         self.reason = reason
+
+
+class ReadLimited(LedgerError):
+    """A costly read (a full Verify) is over the caller's or the service's budget; try
+    again after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

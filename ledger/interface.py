@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, NewType, Protocol
+from typing import Any, BinaryIO, NewType, Protocol
 
 __all__ = [
     "GENESIS_HASH",
@@ -221,4 +221,11 @@ class AuditableLedger(LedgerClient, Protocol):
     ) -> dict[str, Any]:
         """The offline audit pack (``ledger.export.build_export``) for the selection,
         against the latest checkpoint (signing one first if the log has grown)."""
+        ...
+
+    def export_to(
+        self, out: BinaryIO, *, decision_ids: Sequence[str] = (), since: str | None = None
+    ) -> Any:
+        """Write the same pack to ``out`` as JSON lines while it is read, in bounded memory
+        (``ledger.export.PackWriter``); returns its ExportReport."""
         ...

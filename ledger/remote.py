@@ -13,6 +13,7 @@ place (``_translate``), from the status's ``google.rpc.ErrorInfo``::
     proof_invalid                                -> ProofInvalid
     permission_denied                            -> AccessDenied
     invalid_request                              -> RequestInvalid(field)
+    rate_limited                                 -> ReadLimited(retry_after_s)
 
 A call that did not return a well-formed answer never looks like success. One
 caveat the in-process ledger does not have: an ``append`` that times out or loses
@@ -27,10 +28,11 @@ Reads in the summary view (a reader without payload rights) return events whose
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -47,8 +49,10 @@ from ledger.errors import (
     InvalidEvent,
     LedgerError,
     LedgerUnavailable,
+    ReadLimited,
     StaleHead,
 )
+from ledger.export import EXPORT_FORMAT, ExportReport, PackWriter
 from ledger.interface import (
     Confirmation,
     EventHash,
@@ -66,7 +70,7 @@ from ledger.v1 import ledger_pb2_grpc as pb_grpc
 __all__ = ["REDACTED", "RemoteLedger"]
 
 DOMAIN = "layer7.ledger"
-MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # export documents
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # an export page is at most a few MB
 _PAGE = 1000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _M = TypeVar("_M", bound=Message)
@@ -274,6 +278,14 @@ class RemoteLedger:
             field = meta.get("field", "request")
             prefix = f"{field}: "
             return RequestInvalid(field, message.removeprefix(prefix))
+        if reason == "rate_limited":
+            try:
+                retry = float(meta.get("retry_after_s", "5"))
+            except ValueError:
+                retry = 5.0
+            return ReadLimited(
+                f"the ledger service refused {method}: {message}", retry_after_s=retry
+            )
         if reason == "ledger_unavailable":
             return LedgerUnavailable(
                 f"the ledger service at {self.target} could not complete {method}: {message}"
@@ -540,19 +552,96 @@ class RemoteLedger:
     def export(
         self, *, decision_ids: Sequence[str] = (), since: str | None = None
     ) -> dict[str, Any]:
-        """The audit pack as a dict (verify it offline with ``ledger.export.verify_export``)."""
-        raw = self.export_bytes(decision_ids=decision_ids, since=since)
-        try:
-            doc = json.loads(raw)
-        except ValueError as e:
-            self._malformed("Export", f"a document that is not JSON ({e})")
-        if not isinstance(doc, dict):
-            self._malformed("Export", "a document that is not a JSON object")
-        return doc
+        """The audit pack as a dict (small selections; verify it offline with
+        ``ledger.export.verify_export``). Large ones: ``export_to`` a file."""
+        buf = io.BytesIO()
+        self.export_to(buf, decision_ids=decision_ids, since=since)
+        lines = [json.loads(line) for line in buf.getvalue().splitlines()]
+        return {**lines[0], "events": lines[1:-1], **lines[-1]}
 
     def export_bytes(self, *, decision_ids: Sequence[str] = (), since: str | None = None) -> bytes:
-        """The audit pack exactly as the service wrote it (``dump_export``)."""
-        req = pb.ExportRequest(decision_ids=list(decision_ids))
-        if since is not None:
-            req.since = since
-        return bytes(self._call("Export", req, pb.ExportResponse, long=True).document_json)
+        """The audit pack file's bytes (JSON lines, ``ledger.export``)."""
+        buf = io.BytesIO()
+        self.export_to(buf, decision_ids=decision_ids, since=since)
+        return buf.getvalue()
+
+    def export_to(
+        self,
+        out: BinaryIO,
+        *,
+        decision_ids: Sequence[str] = (),
+        since: str | None = None,
+        resume_attempts: int = 3,
+    ) -> ExportReport:
+        """Stream the audit pack from the service into ``out`` page by page (bounded memory
+        here and there), checking each line before writing it (``PackWriter``), and add the
+        verification block. An interrupted stream (UNAVAILABLE, a dropped connection) is
+        resumed from the last event written, against the same anchor, up to
+        ``resume_attempts`` times; any other error is raised and ``out`` must be discarded.
+        Verify the file with the log's key (``verify_export_file``) before trusting it."""
+        writer = PackWriter(out)
+        anchor = 0
+        attempts = 0
+        while True:
+            req = pb.ExportRequest(
+                decision_ids=list(decision_ids),
+                anchor_tree_size=anchor,
+                after_global_seq=writer.last_global_seq if anchor else 0,
+            )
+            if since is not None:
+                req.since = since
+            try:
+                for chunk in self._stub.Export(
+                    req, timeout=self.long_timeout_s, metadata=self.metadata
+                ):
+                    anchor = self._export_chunk(chunk, writer, anchor)
+            except grpc.RpcError as e:
+                err = self._translate("Export", e)
+                if type(err) is not LedgerUnavailable or not anchor or attempts >= resume_attempts:
+                    raise err from None
+                attempts += 1
+                continue
+            except _Malformed as e:
+                self._malformed("Export", str(e))
+            if not anchor:
+                self._malformed("Export", "a stream without a header")
+            return writer.finish()
+
+    def _export_chunk(self, chunk: pb.ExportChunk, writer: PackWriter, anchor: int) -> int:
+        part = chunk.WhichOneof("part")
+        if part == "header":
+            h = chunk.header
+            header = {
+                "format": EXPORT_FORMAT,
+                "version": h.version,
+                "origin": h.origin,
+                "checkpoints": list(h.checkpoints),
+                "consistency_proofs": [[n.hex() for n in p.nodes] for p in h.consistency_proofs],
+            }
+            if anchor:  # a resumed stream repeats the header it started with
+                if header != writer.header_fields or h.anchor_tree_size != anchor:
+                    raise _Malformed("a resumed export with another header")
+                return anchor
+            try:
+                writer.header(header)
+            except ProofInvalid as e:
+                raise _Malformed(f"a malformed export header ({e})") from e
+            if h.anchor_tree_size != writer.anchor_tree_size:
+                raise _Malformed("an export header whose anchor_tree_size is not its anchor's")
+            return int(h.anchor_tree_size)
+        if part != "events" or not anchor:
+            raise _Malformed("export events before the header")
+        for ev in chunk.events.events:
+            if ev.global_seq <= writer.last_global_seq:
+                continue  # already written before a resume
+            writer.event(
+                {
+                    "global_seq": ev.global_seq,
+                    "sequence": ev.sequence,
+                    "prev_hash": ev.prev_hash,
+                    "hash": ev.hash,
+                    "body": ev.body,
+                    "inclusion_proof": [n.hex() for n in ev.inclusion_proof],
+                }
+            )
+        return anchor

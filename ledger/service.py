@@ -13,6 +13,7 @@ the one place where the ledger error tree becomes gRPC statuses with a
     AccessDenied        PERMISSION_DENIED    permission_denied    (UNAUTHENTICATED if not
                                                                    authenticated)
     RequestInvalid      INVALID_ARGUMENT     invalid_request      {field}
+    ReadLimited         RESOURCE_EXHAUSTED   rate_limited         {retry_after_s}
     anything else       INTERNAL             internal             {ref}, logged here
 
 Who may call what is ``ledger.access``; the host supplies the ``ReadAuthorizer``.
@@ -31,7 +32,7 @@ import signal
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -45,6 +46,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 from sqlalchemy.engine import make_url
 
+from ledger._readlimit import ReadBudget
 from ledger.access import (
     EXPORT_ROLES,
     WRITER_ROLE,
@@ -67,9 +69,10 @@ from ledger.errors import (
     InvalidEvent,
     LedgerError,
     LedgerUnavailable,
+    ReadLimited,
     StaleHead,
 )
-from ledger.export import dump_export
+from ledger.export import EXPORT_VERSION
 from ledger.interface import AuditableLedger, EventType, NewEvent, StoredEvent
 from ledger.merkle import ProofInvalid
 from ledger.note import Cosignature
@@ -99,6 +102,8 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 MAX_BATCH = 1000
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
+EXPORT_PAGE_EVENTS = 500
+EXPORT_PAGE_BYTES = 2 * 1024 * 1024
 SIGN_ROLES = frozenset({WRITER_ROLE, *EXPORT_ROLES})
 
 # -- the one place ledger errors become statuses ---------------------------------------------
@@ -112,6 +117,7 @@ _CODES: list[tuple[type[LedgerError], int, str]] = [
     (ProofInvalid, code_pb2.FAILED_PRECONDITION, "proof_invalid"),
     (AccessDenied, code_pb2.PERMISSION_DENIED, "permission_denied"),
     (RequestInvalid, code_pb2.INVALID_ARGUMENT, "invalid_request"),
+    (ReadLimited, code_pb2.RESOURCE_EXHAUSTED, "rate_limited"),
 ]
 
 
@@ -150,6 +156,8 @@ def status_for(err: LedgerError) -> status_pb2.Status | None:
         )
     elif isinstance(err, RequestInvalid):
         meta["field"] = err.field
+    elif isinstance(err, ReadLimited):
+        meta["retry_after_s"] = f"{err.retry_after_s:.0f}"
     elif isinstance(err, AccessDenied) and not err.authenticated:
         code = code_pb2.UNAUTHENTICATED
     return _status(code, str(err), reason, meta)
@@ -164,32 +172,50 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        inner = handler.unary_unary
         method = handler_call_details.method
 
-        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            try:
-                return inner(request, context)
-            except LedgerError as e:
-                status = status_for(e)
-                if status is None:
-                    ref = uuid.uuid4().hex[:12]
-                    log.exception("unmapped ledger error in %s (ref %s)", method, ref)
-                    status = _internal(ref)
-            except Exception:
+        def fail(e: Exception, context: grpc.ServicerContext) -> None:
+            status = status_for(e) if isinstance(e, LedgerError) else None
+            if status is None:
                 ref = uuid.uuid4().hex[:12]
-                log.exception("unexpected error in %s (ref %s)", method, ref)
+                log.exception("unexpected error in %s (ref %s)", method, ref, exc_info=e)
                 status = _internal(ref)
             context.abort_with_status(rpc_status.to_status(status))
-            return None  # unreachable: abort raises
 
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+                try:
+                    return inner(request, context)
+                except Exception as e:
+                    fail(e, context)
+                return None  # unreachable: abort raises
+
+            return grpc.unary_unary_rpc_method_handler(
+                guarded,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            def guarded_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                # An error after some messages ends the stream with its status: the client
+                # discards what it got (or resumes from its cursor).
+                try:
+                    yield from inner_stream(request, context)
+                except Exception as e:
+                    fail(e, context)
+
+            return grpc.unary_stream_rpc_method_handler(
+                guarded_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
 
 
 # -- protobuf at the edge ---------------------------------------------------------------------
@@ -301,12 +327,15 @@ class LedgerServicer(pb_grpc.LedgerServicer):
         authorizer: ReadAuthorizer,
         *,
         tier_keys: TierKeys | None = None,
+        verify_budget: ReadBudget | None = None,
     ) -> None:
         self.ledger = ledger
         self.authorizer = authorizer
         self.tier_keys = tier_keys
         """Pinned tier keys: with them, a writer appends only event types its tier owns,
         each stream attested by its own tier (``ledger.attestation.authorize_batch``)."""
+        self.verify_budget = verify_budget or ReadBudget()
+        """Full-log verifications per caller and at once (``ledger._readlimit``)."""
         self._cp_lock = threading.Lock()
         self._latest_cp: Checkpoint | None = None
         self._cp_loaded = False
@@ -477,29 +506,75 @@ class LedgerServicer(pb_grpc.LedgerServicer):
 
     def Export(  # noqa: N802
         self, request: pb.ExportRequest, context: grpc.ServicerContext
-    ) -> pb.ExportResponse:
+    ) -> Iterator[pb.ExportChunk]:
         reader, md = self._reader(context)
         reason = reason_from(md)
         mode = access_for(reader, "Export", reason)
         ids = list(request.decision_ids)
         since = request.since if request.HasField("since") else None
         what: dict[str, Any] = {"decision_ids": ids, "since": since}
+        if request.anchor_tree_size:
+            what["resume"] = {
+                "anchor_tree_size": request.anchor_tree_size,
+                "after_global_seq": request.after_global_seq,
+            }
+        stream = getattr(self.ledger, "export_stream", None)
+        if not callable(stream):
+            raise LedgerUnavailable("this ledger cannot stream exports")
         self._record(reader, mode, "Export", what, reason)
         try:
-            doc = self.ledger.export(decision_ids=ids, since=since)
-        except ValueError as e:  # a malformed since, or nothing matches
-            raise _request_invalid(e, ("since", "decision_ids")) from e
-        notes = doc.get("checkpoints")
-        if isinstance(notes, list) and notes:
-            self._seen([Checkpoint.decode_cosigned(notes[-1])[0]])
-        return pb.ExportResponse(document_json=dump_export(doc))
+            header, events = stream(
+                decision_ids=ids,
+                since=since,
+                anchor_tree_size=request.anchor_tree_size or None,
+                after_global_seq=request.after_global_seq,
+            )
+        except ValueError as e:  # a malformed since, an unknown anchor, or nothing matches
+            raise _request_invalid(e, ("since", "anchor_tree_size", "decision_ids")) from e
+        notes: list[str] = header["checkpoints"]
+        anchor = Checkpoint.decode_cosigned(notes[-1])[0]
+        self._seen([anchor])
+        yield pb.ExportChunk(
+            header=pb.ExportHeader(
+                origin=header["origin"],
+                checkpoints=notes,
+                consistency_proofs=[
+                    pb.ProofResponse(nodes=[bytes.fromhex(h) for h in p])
+                    for p in header["consistency_proofs"]
+                ],
+                version=EXPORT_VERSION,
+                anchor_tree_size=anchor.tree_size,
+            )
+        )
+        page = pb.ExportEvents()
+        size = 0
+        for ev in events:
+            page.events.add(
+                global_seq=ev["global_seq"],
+                sequence=ev["sequence"],
+                prev_hash=ev["prev_hash"],
+                hash=ev["hash"],
+                body=ev["body"],
+                inclusion_proof=[bytes.fromhex(h) for h in ev["inclusion_proof"]],
+            )
+            size += len(ev["body"]) + 64 * len(ev["inclusion_proof"]) + 200
+            if len(page.events) >= EXPORT_PAGE_EVENTS or size >= EXPORT_PAGE_BYTES:
+                yield pb.ExportChunk(events=page)
+                page, size = pb.ExportEvents(), 0
+        if page.events:
+            yield pb.ExportChunk(events=page)
 
     # -- verification -------------------------------------------------------------------------
 
     def Verify(  # noqa: N802
         self, request: pb.VerifyRequest, context: grpc.ServicerContext
     ) -> pb.VerifyResponse:
-        self._reader(context)
+        reader, _ = self._reader(context)
+        require_role(reader, EXPORT_ROLES, "Verify")
+        with self.verify_budget.hold(reader.subject, "Verify"):
+            return self._verify(request)
+
+    def _verify(self, request: pb.VerifyRequest) -> pb.VerifyResponse:
         if request.mode == pb.VERIFY_MODE_AUDIT:
             a = self.ledger.audit()
             return pb.VerifyResponse(
@@ -732,6 +807,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="treat every caller as the writer 'local' with no authentication (tests only; "
         "'l7 ledger serve' authenticates callers with OIDC instead)",
     )
+    p.add_argument(
+        "--insecure-role",
+        action="append",
+        default=[],
+        help="with --insecure-allow-all: the roles every caller gets instead of 'writer' "
+        "(repeatable; tests only, e.g. 'auditor' to export or verify)",
+    )
     add_checkpoint_arguments(p)
     a = p.parse_args(argv)
     if not a.insecure_allow_all:
@@ -741,7 +823,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        return serve(a.ledger, a.addr, AllowAll(), **checkpoint_options(a))
+        authorizer = AllowAll(roles=a.insecure_role) if a.insecure_role else AllowAll()
+        return serve(a.ledger, a.addr, authorizer, **checkpoint_options(a))
     except (LedgerError, ValueError, OSError, TypeError) as e:
         print(f"ledger service: {e}", file=sys.stderr)
         return 2

@@ -40,7 +40,8 @@ Beyond ``LedgerClient`` it implements ``AuditableLedger`` (DESIGN §4):
   chain and cosignatures, with ``checkpoint_public_key`` (default: the signer's public
   key) and ``witness_keys`` (default: the witnesses' keys); plus ``verify_dual_write``
   when dual-write is on.
-* ``export``: ``ledger.export.build_export`` against the latest checkpoint.
+* ``export`` / ``export_stream``: the audit pack (``ledger.export``) against the latest
+  checkpoint, streamed from keyset pages in bounded memory.
 * ``dual_write="jsonl:///path"``: a group is confirmed only after the database commit
   AND the sink's fsync (``ledger.dualwrite``).
 
@@ -51,6 +52,7 @@ first checkpoint whose ``tree_size >= global_seq``.
 from __future__ import annotations
 
 import functools
+import heapq
 import json
 import logging
 import threading
@@ -58,8 +60,9 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import LargeBinary, cast, func, select
 from sqlalchemy.engine import make_url
@@ -88,7 +91,7 @@ from ledger.errors import (
     LedgerError,
     LedgerUnavailable,
 )
-from ledger.export import build_export
+from ledger.export import ExportReport, PackWriter, assemble_export, pack_event, pack_header
 from ledger.files import check_private, create_private
 from ledger.interface import (
     SCHEMA_VERSION,
@@ -118,6 +121,7 @@ _READ_CHUNK = 2_000
 _VERIFY_CHUNK = 10_000
 _TREE_CHUNK = 50_000
 _IN_CHUNK = 500  # decision ids per IN (...) list
+_EXPORT_PAGE = 1_000  # events per export page (one tree lock hold)
 _T = events_table.c
 _STORED_COLS = (
     _T.event_id,
@@ -624,15 +628,17 @@ class SqlLedger:
         ]
         return select(*cols)
 
-    def _pages(self, stmt: Any, after_global_seq: int) -> Iterator[VerifyRow]:
+    def _pages(
+        self, stmt: Any, after_global_seq: int, chunk: int = _VERIFY_CHUNK
+    ) -> Iterator[VerifyRow]:
         """``stmt`` (a _row_select) in keyset pages of global order."""
-        page = stmt.order_by(_T.global_seq).limit(_VERIFY_CHUNK)
+        page = stmt.order_by(_T.global_seq).limit(chunk)
         cursor = after_global_seq
         while True:
             rows = self._read(page.where(_T.global_seq > cursor))
             for r in rows:
                 yield VerifyRow._make(r)
-            if len(rows) < _VERIFY_CHUNK:
+            if len(rows) < chunk:
                 return
             cursor = rows[-1][0]
 
@@ -869,69 +875,134 @@ class SqlLedger:
     def export(
         self, *, decision_ids: Sequence[str] = (), since: str | None = None
     ) -> dict[str, Any]:
-        """The offline audit pack (``ledger.export``) for whole streams ``decision_ids``
-        and/or the events ``at >= since`` (each stream from its first such event on; all
-        events if neither is given), against the latest checkpoint, signing a new one
-        first if the log has grown and a signer is configured. Only events the
-        checkpoint covers are included. ValueError if nothing matches."""
+        """The offline audit pack (``ledger.export``) as one dict: ``export_stream`` collected
+        and checked. For large selections write ``export_stream`` with a ``PackWriter``."""
+        header, events = self.export_stream(decision_ids=decision_ids, since=since)
+        return assemble_export(header, events, public_key_raw=self._public_key)
+
+    def export_to(
+        self, out: BinaryIO, *, decision_ids: Sequence[str] = (), since: str | None = None
+    ) -> ExportReport:
+        """Write the pack for the selection to ``out`` as it is read (``export_stream``
+        through a ``PackWriter``, checked with the log key if configured)."""
+        header, events = self.export_stream(decision_ids=decision_ids, since=since)
+        writer = PackWriter(out, public_key_raw=self._public_key)
+        writer.header(header)
+        for ev in events:
+            writer.event(ev)
+        return writer.finish()
+
+    def export_stream(
+        self,
+        *,
+        decision_ids: Sequence[str] = (),
+        since: str | None = None,
+        anchor_tree_size: int | None = None,
+        after_global_seq: int = 0,
+    ) -> tuple[dict[str, Any], Iterator[dict[str, Any]]]:
+        """The pack's header and a lazy iterator of its events (``ledger.export``), read from
+        the database in keyset pages by global_seq: memory stays bounded by a page (plus the
+        stream ids already started, for ``since``), whatever the selection's size.
+
+        Selection: whole streams ``decision_ids`` and/or the events ``at >= since`` (each
+        stream from its first such event on; all events if neither is given). The anchor
+        is the latest checkpoint (signing a new one first if the log has grown and a signer
+        is configured), or the stored checkpoint of ``anchor_tree_size``: pass the header's
+        anchor and the last global_seq received as ``after_global_seq`` to resume an
+        interrupted export with the same header. ValueError if nothing matches or there is
+        no checkpoint of that size."""
         checkpoints = self.checkpoints()
-        latest = checkpoints[-1] if checkpoints else None
-        if self._signer is not None and (
-            latest is None or self._sync_tree().size > latest.tree_size
-        ):
-            latest = self.sign_checkpoint()
+        if anchor_tree_size is not None:
+            found = [cp for cp in checkpoints if cp.tree_size == anchor_tree_size]
+            if not found:
+                raise ValueError(
+                    f"anchor_tree_size: no stored checkpoint has tree_size {anchor_tree_size}; "
+                    "start the export again without a cursor"
+                )
+            latest: Checkpoint | None = found[-1]
+        else:
+            latest = checkpoints[-1] if checkpoints else None
+            if self._signer is not None and (
+                latest is None or self._sync_tree().size > latest.tree_size
+            ):
+                latest = self.sign_checkpoint()
+                checkpoints = self.checkpoints()
         if latest is None:
             raise LedgerUnavailable(
                 "no checkpoint to prove against: none is stored and no checkpoint_signer "
                 "is configured to sign one"
             )
-        rows = self._export_rows(tuple(decision_ids), since, latest.tree_size)
-        if not rows:
+        ids = tuple(sorted(set(decision_ids)))
+        at_from = _rfc3339("since", since) if since is not None else None
+        first = self._export_first(ids, at_from, latest.tree_size)
+        if first is None:
             raise ValueError(
                 f"no events match decision_ids={list(decision_ids)!r:.200} since={since!r} "
                 f"within the checkpoint (tree_size {latest.tree_size})"
             )
-        chain = [cp for cp in self.checkpoints() if cp.index <= latest.index]
-        first = rows[0].global_seq
+        chain = [cp for cp in checkpoints if cp.index <= latest.index]
         start = max((i for i, cp in enumerate(chain) if cp.tree_size < first), default=0)
         tree = self._sync_tree()
         with self._tree_lock:
-            return build_export(
-                rows,
-                tree,
-                chain[start:],
-                self.cosignatures(),
-                public_key_raw=self._public_key,
-            )
+            header = pack_header(tree, chain[start:], self.cosignatures())
+        size = latest.tree_size
+
+        def events() -> Iterator[dict[str, Any]]:
+            page: list[VerifyRow] = []
+            rows = self._export_rows(ids, at_from, first, size)
+            while True:
+                page = list(islice(rows, _EXPORT_PAGE))
+                wanted = [r for r in page if r.global_seq > after_global_seq]
+                with self._tree_lock:  # brief: the writer extends the tree between pages
+                    out = [pack_event(r, tree, size) for r in wanted]
+                yield from out
+                if len(page) < _EXPORT_PAGE:
+                    return
+
+        return header, events()
+
+    def _export_first(self, ids: tuple[str, ...], at_from: str | None, upto: int) -> int | None:
+        """The first global_seq of the selection, or None if it is empty."""
+        found: list[int] = []
+        if ids:
+            for i in range(0, len(ids), _IN_CHUNK):
+                stmt = select(func.min(_T.global_seq)).where(
+                    _T.decision_id.in_(ids[i : i + _IN_CHUNK]), _T.global_seq <= upto
+                )
+                g = self._read(stmt)[0][0]
+                if g is not None:
+                    found.append(int(g))
+        if at_from is not None:
+            stmt = select(func.min(_T.global_seq)).where(_T.at >= at_from, _T.global_seq <= upto)
+            g = self._read(stmt)[0][0]
+            if g is not None:
+                found.append(int(g))
+        if not ids and at_from is None:
+            return 1 if upto >= 1 else None
+        return min(found) if found else None
 
     def _export_rows(
-        self, decision_ids: tuple[str, ...], since: str | None, upto: int
-    ) -> list[VerifyRow]:
+        self, ids: tuple[str, ...], at_from: str | None, first: int, upto: int
+    ) -> Iterator[VerifyRow]:
+        """The selection's rows in global order from ``first`` on, in keyset pages."""
         base = self._row_select().where(_T.global_seq <= upto)
-        at_from = _rfc3339("since", since) if since is not None else None
-        if decision_ids:
-            ids = sorted(set(decision_ids))
-            rows: list[VerifyRow] = []
-            for i in range(0, len(ids), _IN_CHUNK):
-                chunk = ids[i : i + _IN_CHUNK]
-                rows += self._pages(base.where(_T.decision_id.in_(chunk)), 0)
-            rows.sort(key=lambda r: r.global_seq)
-        elif at_from is not None:
-            first = self._read(select(func.min(_T.global_seq)).where(_T.at >= at_from))[0][0]
-            if first is None:
-                return []
-            rows = list(self._pages(base, int(first) - 1))
-        else:
-            rows = list(self._pages(base, 0))
+        if ids and at_from is None:
+            chunks = [ids[i : i + _IN_CHUNK] for i in range(0, len(ids), _IN_CHUNK)]
+            per = max(100, _VERIFY_CHUNK // len(chunks))
+            yield from heapq.merge(
+                *(self._pages(base.where(_T.decision_id.in_(c)), first - 1, per) for c in chunks),
+                key=lambda r: r.global_seq,
+            )
+            return
         if at_from is None:
-            return rows
+            yield from self._pages(base, first - 1)
+            return
+        wanted = set(ids)
         started: set[str] = set()  # a stream is taken whole from its first event >= since
-        out = []
-        for r in rows:
-            if r.decision_id in started or r.at >= at_from:
+        for r in self._pages(base, first - 1):
+            if r.decision_id in wanted or r.decision_id in started or r.at >= at_from:
                 started.add(r.decision_id)
-                out.append(r)
-        return out
+                yield r
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -80,7 +80,7 @@ def _witness_keys(values: list[str]) -> list[Any]:
 
 
 def _verify_export(a: argparse.Namespace) -> int:
-    from ledger.export import verify_export
+    from ledger.export import verify_export_file
     from ledger.merkle import ProofInvalid
 
     if not a.checkpoint_key:
@@ -90,7 +90,7 @@ def _verify_export(a: argparse.Namespace) -> int:
     if a.require_witnessed and not keys:
         raise ConfigError("--require-witnessed needs --witness VKEY (a witness public key)")
     try:
-        pack = verify_export(Path(a.export).read_bytes(), pub, witness_keys=keys)
+        pack = verify_export_file(a.export, pub, witness_keys=keys)  # streamed, line by line
     except OSError as e:
         raise ConfigError(f"--export {a.export}: {e.strerror}") from e
     except (IntegrityViolation, ProofInvalid) as e:
@@ -189,7 +189,7 @@ def check_attestations(led: Any, keys: TierKeys) -> str:
 
 def cmd_export(a: argparse.Namespace) -> int:
     from ledger.checkpoint import Ed25519CheckpointSigner, log_key
-    from ledger.export import dump_export
+    from ledger.files import create_private
     from ledger.witness_client import witness_endpoints
 
     if not (a.decision or a.since):
@@ -203,18 +203,28 @@ def cmd_export(a: argparse.Namespace) -> int:
         opts["checkpoint_signer"] = Ed25519CheckpointSigner.from_file(a.checkpoint_key)
     if a.origin:
         opts["origin"] = a.origin
+    out = Path(a.out)
+    part = out.with_name(out.name + ".part")  # renamed into place only when complete
     led = open_ledger(a.ledger, **opts)
     try:
-        doc = led.export(decision_ids=tuple(a.decision or ()), since=a.since)
+        part.unlink(missing_ok=True)
+        create_private(part)  # 0600: the pack holds raw payloads
+        with part.open("r+b") as fp:
+            report = led.export_to(fp, decision_ids=tuple(a.decision or ()), since=a.since)
+            fp.flush()
+        part.replace(out)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
     finally:
         led.close()
-    Path(a.out).write_bytes(dump_export(doc))
-    n = len(doc.get("events", []))
-    print(f"wrote {a.out}: {n} events with inclusion proofs against a signed checkpoint")
+    print(
+        f"wrote {a.out}: {report.events} events with inclusion proofs against a signed checkpoint"
+    )
     if a.checkpoint_key:
         signer = opts["checkpoint_signer"]
         print(f"log key (for l7 ledger verify --checkpoint-key): "
-              f"{log_key(doc['origin'], signer.public_key_raw).encode()}")  # fmt: skip
+              f"{log_key(report.checkpoint.origin, signer.public_key_raw).encode()}")  # fmt: skip
     return 0
 
 

@@ -141,8 +141,8 @@ def test_export_of_one_decision_verifies_offline_and_one_byte_breaks_it(tmp_path
                 "--witness-url", witness.url, "--witness-key", witness_vkey)  # fmt: skip
         assert r.returncode == 0, r.stderr
         assert log_vkey in r.stdout
-        doc = json.loads(out.read_text())
-        assert {json.loads(e["body"])["decision_id"] for e in doc["events"]} == {ids[1]}
+        events = [json.loads(line) for line in out.read_text().splitlines()[1:-1]]  # JSON lines
+        assert {json.loads(e["body"])["decision_id"] for e in events} == {ids[1]}
         ok = _l7("ledger", "verify", "--export", str(out), "--checkpoint-key", log_vkey,
                  "--witness", witness_vkey)  # fmt: skip
         assert ok.returncode == 0, ok.stderr

@@ -19,7 +19,14 @@ from hypothesis import strategies as st
 
 from ledger import GENESIS_HASH, IntegrityViolation, VerifyRow
 from ledger.checkpoint import Checkpoint, Ed25519CheckpointSigner
-from ledger.export import ExportReport, build_export, dump_export, verify_export
+from ledger.export import (
+    ExportReport,
+    PackWriter,
+    build_export,
+    dump_export,
+    verify_export,
+    verify_export_file,
+)
 from ledger.merkle import MerkleTree, ProofInvalid
 from ledger.note import ALG_COSIGNATURE_V1, VerifierKey
 from tests.ledger.test_audit import ORDER, WITNESS, checkpoints_for, cosigs, make_log
@@ -55,6 +62,12 @@ DOC = _pack()
 DATA = dump_export(DOC)
 
 
+def _loads(data: bytes) -> dict[str, Any]:
+    """The pack's JSON lines back as one dict (header, events, verification)."""
+    lines = [json.loads(line) for line in data.splitlines()]
+    return {**lines[0], "events": lines[1:-1], **lines[-1]}
+
+
 def test_pack_verifies_offline() -> None:
     report = verify_export(DATA, PUB)
     assert (report.events, report.streams) == (6, 2)
@@ -72,7 +85,7 @@ def test_pack_verifies_offline() -> None:
         "first_checkpoint": 0,
     }
     assert DOC["format"] == "l7.ledger.export"
-    assert DOC["version"] == 2
+    assert DOC["version"] == 3
     assert DOC["origin"] == CP.origin
     assert DOC["checkpoints"] == [c.encode(COSIGS[c.index]) for c in CHAIN]
     assert len(DOC["consistency_proofs"]) == 2
@@ -89,12 +102,12 @@ def test_a_witness_key_requires_the_anchor_cosigned() -> None:
 
 
 def test_a_gap_or_an_inconsistent_chain_fails() -> None:
-    doc = json.loads(DATA)
+    doc = _loads(DATA)
     del doc["checkpoints"][1]
     del doc["consistency_proofs"][1]
     with pytest.raises(IntegrityViolation, match="checkpoint_missing"):
         verify_export(doc, PUB)
-    doc = json.loads(DATA)
+    doc = _loads(DATA)
     doc["consistency_proofs"][0], doc["consistency_proofs"][1] = (
         doc["consistency_proofs"][1],
         doc["consistency_proofs"][0],
@@ -138,7 +151,7 @@ def test_wrong_key_fails_as_checkpoint_signature() -> None:
 
 
 def test_dropped_event_breaks_the_stream() -> None:
-    doc = json.loads(DATA)
+    doc = _loads(DATA)
     dropped = doc["events"].pop(1)  # dec-B #2
     with pytest.raises(IntegrityViolation, match="sequence_gap") as exc:
         verify_export(doc, PUB)
@@ -147,14 +160,14 @@ def test_dropped_event_breaks_the_stream() -> None:
 
 
 def test_dropped_stream_contradicts_the_verification_block() -> None:
-    doc = json.loads(DATA)
+    doc = _loads(DATA)
     doc["events"] = [e for e in doc["events"] if '"dec-D"' not in e["body"]]
     with pytest.raises(ProofInvalid, match="verification block"):
         verify_export(doc, PUB)
 
 
 def test_swapped_inclusion_proofs_fail() -> None:
-    doc = json.loads(DATA)
+    doc = _loads(DATA)
     a, b = doc["events"][0], doc["events"][1]
     a["inclusion_proof"], b["inclusion_proof"] = b["inclusion_proof"], a["inclusion_proof"]
     with pytest.raises(IntegrityViolation, match="inclusion_proof") as exc:
@@ -163,7 +176,7 @@ def test_swapped_inclusion_proofs_fail() -> None:
 
 
 def test_reordered_events_fail() -> None:
-    doc = json.loads(DATA)
+    doc = _loads(DATA)
     doc["events"][0], doc["events"][1] = doc["events"][1], doc["events"][0]
     with pytest.raises(IntegrityViolation, match="global_order"):
         verify_export(doc, PUB)
@@ -210,7 +223,7 @@ def test_build_refuses_bad_inputs() -> None:
     ],
 )
 def test_form_errors_are_refused(mutate: Any) -> None:
-    doc = json.loads(DATA)
+    doc = _loads(DATA)
     mutate(doc)
     with pytest.raises(ProofInvalid):
         verify_export(doc, PUB)
@@ -219,12 +232,12 @@ def test_form_errors_are_refused(mutate: Any) -> None:
 def test_duplicate_keys_and_nan_are_refused() -> None:
     text = DATA.decode()
     dup = text.replace(
-        '"format": "l7.ledger.export"', '"format": "l7.ledger.export", "format": "l7.ledger.export"'
+        '"format":"l7.ledger.export"', '"format":"l7.ledger.export","format":"l7.ledger.export"'
     )
     with pytest.raises(ProofInvalid, match="duplicate"):
         verify_export(dup, PUB)
     with pytest.raises(ProofInvalid, match="NaN"):
-        verify_export(text.replace('"version": 2', '"version": NaN'), PUB)
+        verify_export(text.replace('"version":3', '"version":NaN'), PUB)
 
 
 # -- any single-byte change ---------------------------------------------------------------
@@ -235,12 +248,12 @@ def _spans(data: bytes) -> list[int]:
     text = data.decode("ascii")
     out: list[int] = []
     keys = "body|hash|prev_hash|origin"
-    for m in re.finditer(r'"(' + keys + r')": "((?:[^"\\]|\\.)*)"', text):
+    for m in re.finditer(r'"(' + keys + r')":"((?:[^"\\]|\\.)*)"', text):
         out.extend(range(m.start(2), m.end(2)))
-    for key in ("inclusion_proof", "checkpoints", "consistency_proofs"):
-        for m in re.finditer(r'"' + key + r'": \[(.*?)\n \]', text, re.DOTALL):
+    for key, end in (("inclusion_proof", "]"), ("checkpoints", "]"), ("consistency_proofs", "]]")):
+        for m in re.finditer(r'"' + key + r'":\[(.*?)' + re.escape(end), text):
             out.extend(range(m.start(1), m.end(1)))
-    for m in re.finditer(r'"(tree_size|global_seq|sequence)": (\d+)', text):
+    for m in re.finditer(r'"(tree_size|global_seq|sequence)":(\d+)', text):
         out.extend(range(m.start(2), m.end(2)))
     return out
 
@@ -265,7 +278,7 @@ def _assert_mutation_fails(pos: int, new: int) -> None:
     # Only a change that proves exactly the same may pass: JSON layout (whitespace), or a
     # cosignature line renamed to a witness nobody pinned (ignored, per C2SP).
     assert _proves(got) == _proves(PROVEN), f"byte {pos} -> {new:#x} verified"
-    assert json.loads(bytes(mutated))["events"] == DOC["events"]
+    assert _loads(bytes(mutated))["events"] == DOC["events"]
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -287,3 +300,32 @@ def test_spans_cover_the_content() -> None:
     assert len(SPANS) > len(DATA) // 2
     for ev in DOC["events"]:
         assert DATA.index(json.dumps(ev["body"]).encode()[1:-1]) in SPANS
+
+
+def test_truncated_pack_or_trailing_lines_are_refused(tmp_path: Any) -> None:
+    lines = DATA.splitlines(keepends=True)
+    with pytest.raises(ProofInvalid, match="ends before its verification block"):
+        verify_export(b"".join(lines[:-1]), PUB)  # the trailer cut off
+    with pytest.raises(ProofInvalid, match="not a complete line"):
+        verify_export(DATA[:-1], PUB)  # the last newline cut off
+    with pytest.raises(ProofInvalid, match="goes on after its verification block"):
+        verify_export(DATA + lines[1], PUB)
+    path = tmp_path / "pack.jsonl"
+    path.write_bytes(DATA)
+    assert verify_export_file(path, PUB) == verify_export(DATA, PUB)
+
+
+def test_pack_writer_streams_the_same_bytes(tmp_path: Any) -> None:
+    import io
+
+    buf = io.BytesIO()
+    writer = PackWriter(buf, public_key_raw=PUB)
+    writer.header(DOC)
+    for ev in DOC["events"]:
+        writer.event(ev)
+    writer.finish()
+    assert buf.getvalue() == DATA
+    bad = PackWriter(io.BytesIO())
+    bad.header(DOC)
+    with pytest.raises(IntegrityViolation, match="hash_mismatch"):
+        bad.event({**DOC["events"][0], "body": DOC["events"][0]["body"] + " "})

@@ -150,7 +150,7 @@ def test_round_trip_matches_in_process(svc: Service) -> None:
     assert list(w.iter_events(after_global_seq=1)) == list(
         svc.ledger.iter_events(after_global_seq=1)
     )
-    assert w.verify() == svc.ledger.verify()
+    assert svc.client("t-alice").verify() == svc.ledger.verify()
     assert w.append([]) == []
 
 
@@ -353,7 +353,9 @@ def test_checkpoints_and_proofs(svc: Service) -> None:
     proof = dash.inclusion_proof(confs[1].global_seq, 5)
     verify_inclusion(event_leaf_hash(confs[1].hash), 4, 5, proof, cp5.root)
     verify_consistency(3, 5, cp3.root, cp5.root, dash.consistency_proof(3, 5))
-    report = dash.audit()
+    with pytest.raises(AccessDenied, match="Verify needs one of the roles"):
+        dash.audit()  # a full pass over the log is an auditor's, not any reader's
+    report = svc.client("t-alice").audit()
     assert (report.events, report.checkpoints, report.witnessed_size) == (5, 2, 5)
     calls: list[tuple[Callable[[], object], str]] = [
         (lambda: dash.inclusion_proof(6, 6), "tree_size"),
@@ -375,7 +377,7 @@ def test_checkpoints_and_proofs(svc: Service) -> None:
 def test_audit_without_checkpoint_is_proof_invalid(svc: Service) -> None:
     seed(svc)
     with pytest.raises(ProofInvalid, match="at least one signed checkpoint"):
-        svc.client("t-dash").audit()
+        svc.client("t-sec").audit()
 
 
 def test_integrity_violation_crosses_the_wire(svc: Service) -> None:
@@ -389,7 +391,7 @@ def test_integrity_violation_crosses_the_wire(svc: Service) -> None:
     with pytest.raises(IntegrityViolation) as local:
         svc.ledger.verify()
     with pytest.raises(IntegrityViolation) as remote:
-        svc.client("t-dash").verify()
+        svc.client("t-alice").verify()
     assert str(remote.value) == str(local.value)
     assert (remote.value.what, remote.value.decision_id, remote.value.global_seq) == (
         "hash_mismatch",

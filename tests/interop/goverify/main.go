@@ -10,6 +10,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -37,14 +38,37 @@ type event struct {
 	InclusionProof []string `json:"inclusion_proof"`
 }
 
-type pack struct {
-	Format            string          `json:"format"`
-	Version           int             `json:"version"`
-	Origin            string          `json:"origin"`
-	Checkpoints       []string        `json:"checkpoints"`
-	ConsistencyProofs [][]string      `json:"consistency_proofs"`
-	Events            []event         `json:"events"`
-	Verification      json.RawMessage `json:"verification"`
+// The pack is JSON lines: this header, one event per line, then the trailer.
+type header struct {
+	Format            string     `json:"format"`
+	Version           int        `json:"version"`
+	Origin            string     `json:"origin"`
+	Checkpoints       []string   `json:"checkpoints"`
+	ConsistencyProofs [][]string `json:"consistency_proofs"`
+}
+
+type trailer struct {
+	Verification *struct {
+		Result             string   `json:"result"`
+		Events             uint64   `json:"events"`
+		Streams            uint64   `json:"streams"`
+		TreeSize           uint64   `json:"tree_size"`
+		StreamsFromGenesis []string `json:"streams_from_genesis"`
+		Checkpoints        uint64   `json:"checkpoints"`
+		FirstCheckpoint    uint64   `json:"first_checkpoint"`
+	} `json:"verification"`
+}
+
+func strict(line []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("more than one JSON value on the line")
+	}
+	return nil
 }
 
 type checkpoint struct {
@@ -116,18 +140,22 @@ func parseExtensions(rest []byte, c *checkpoint) error {
 }
 
 func run(path string, logKey string, witnessKeys []string) (string, error) {
-	raw, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return "", err
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	var p pack
-	if err := dec.Decode(&p); err != nil {
-		return "", fmt.Errorf("pack is not the expected JSON: %w", err)
+	defer f.Close()
+	lines := bufio.NewScanner(f)
+	lines.Buffer(make([]byte, 0, 1<<20), 64<<20)
+	if !lines.Scan() {
+		return "", errors.New("empty pack")
 	}
-	if p.Format != "l7.ledger.export" || p.Version != 2 {
-		return "", fmt.Errorf("not an l7.ledger.export version 2 pack")
+	var p header
+	if err := strict(lines.Bytes(), &p); err != nil {
+		return "", fmt.Errorf("line 1 is not the expected header: %w", err)
+	}
+	if p.Format != "l7.ledger.export" || p.Version != 3 {
+		return "", fmt.Errorf("not an l7.ledger.export version 3 pack")
 	}
 	logV, err := note.NewVerifier(logKey)
 	if err != nil {
@@ -191,7 +219,31 @@ func run(path string, logKey string, witnessKeys []string) (string, error) {
 	// 4. Events: chain hash, stream links, inclusion in the anchor.
 	heads := map[string][2]string{}
 	var last uint64
-	for i, e := range p.Events {
+	var n uint64
+	done := false
+	for i := 0; lines.Scan(); i++ {
+		line := lines.Bytes()
+		if done {
+			return "", errors.New("the pack goes on after its verification block")
+		}
+		if bytes.HasPrefix(line, []byte(`{"verification":`)) {
+			var t trailer
+			if err := strict(line, &t); err != nil || t.Verification == nil {
+				return "", fmt.Errorf("trailer is not a verification block: %v", err)
+			}
+			v := t.Verification
+			if v.Result != "verified" || v.Events != n || n == 0 || v.Streams != uint64(len(heads)) ||
+				v.TreeSize != anchor.cp.Size || v.Checkpoints != uint64(len(chain)) || v.FirstCheckpoint != chain[0].index {
+				return "", fmt.Errorf("the verification block does not match the pack (%d events, %d streams)", n, len(heads))
+			}
+			done = true
+			continue
+		}
+		var e event
+		if err := strict(line, &e); err != nil {
+			return "", fmt.Errorf("events[%d] is not an event line: %w", i, err)
+		}
+		n++
 		if e.GlobalSeq <= last || e.GlobalSeq > anchor.cp.Size {
 			return "", fmt.Errorf("events[%d]: global_seq %d out of order or beyond the anchor", i, e.GlobalSeq)
 		}
@@ -227,8 +279,14 @@ func run(path string, logKey string, witnessKeys []string) (string, error) {
 			return "", fmt.Errorf("events[%d] (global_seq %d): inclusion: %w", i, e.GlobalSeq, err)
 		}
 	}
+	if err := lines.Err(); err != nil {
+		return "", err
+	}
+	if !done {
+		return "", errors.New("the pack has no verification block (truncated?)")
+	}
 	return fmt.Sprintf("OK: %d events, %d streams, checkpoints %d..%d (anchor tree_size %d), %d witness(es) cosigned",
-		len(p.Events), len(heads), chain[0].index, anchor.index, anchor.cp.Size, len(wVs)), nil
+		n, len(heads), chain[0].index, anchor.index, anchor.cp.Size, len(wVs)), nil
 }
 
 func main() {
