@@ -26,6 +26,7 @@ from l7.cli.witness_cmds import add_witness_commands
 from l7.engine.state import fold_decision
 from l7.errors import ConfigError, L7Error, RequestInvalid
 from l7.identity import TokenVerifier
+from l7.posture import check_server_posture
 from l7.signed_ledger import SignedLedger
 from l7.stack import REPO_ROOT, Stack, StackConfig, connect_ledger
 from l7.tls import server_tls
@@ -295,6 +296,11 @@ def cmd_gateway_serve(a: argparse.Namespace) -> int:
     from l7.gateway.server import create_gateway_server
     from l7.gateway.service import GatewayService
 
+    # its callers prove their tier by mTLS (tool) and carry a grant the engine signed
+    check_server_posture(
+        "the gateway (l7 gateway serve)", env=a.env, addr=a.addr, tls=bool(a.tls_dir)
+    )
+    certs = tls_dir(a)
     if not a.grant_public_key:
         raise ConfigError(
             "--grant-public-key is required: a gateway without a verification key would run "
@@ -304,7 +310,6 @@ def cmd_gateway_serve(a: argparse.Namespace) -> int:
 
     keys = {kid_of(k): k for k in (load_grant_public_key(Path(p)) for p in a.grant_public_key)}
     bao = _bao(a)
-    certs = tls_dir(a)
     raw = (
         connect_ledger(
             a.ledger,
