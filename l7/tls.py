@@ -79,8 +79,8 @@ log = logging.getLogger(__name__)
 SPIFFE_TRUST_DOMAIN = "layer7.local"
 DEFAULT_CERT_DIR = Path(".build/certs")
 DEFAULT_CA_DIR = Path(".build/ca")
-SERVICES = ("engine", "gateway", "ledger", "cli", "auditor", "tool")
-SERVER_TIERS = frozenset({"engine", "gateway", "ledger"})
+SERVICES = ("engine", "gateway", "ledger", "witness", "cli", "auditor", "tool")
+SERVER_TIERS = frozenset({"engine", "gateway", "ledger", "witness"})
 """The services that listen: only their leaves carry a server name and serverAuth."""
 CA_VALIDITY = dt.timedelta(days=365)
 LEAF_VALIDITY = dt.timedelta(days=30)
@@ -99,13 +99,16 @@ ACCEPTS: Mapping[str, frozenset[str]] = {
 }
 
 
-# Which servers each client calls, and so may expect (``client_channel(expect=)``).
-#   engine  -> ledger;  gateway -> ledger;  auditor -> ledger
+# Which servers each client calls, and so may expect (``client_channel(expect=)``; the
+# witness speaks HTTPS, checked by ``ledger.mtls``, which accepts ledger/engine/auditor).
+#   engine  -> ledger, witness (an in-process ledger's checkpoints);  gateway -> ledger
+#   ledger  -> witness;  auditor -> ledger, witness (its cosigned checkpoints)
 #   cli     -> engine;  tool -> engine (Decide) and gateway (Authorize / Confirm)
 CLIENT_EXPECTS: Mapping[str, frozenset[str]] = {
-    "engine": frozenset({"ledger"}),
+    "engine": frozenset({"ledger", "witness"}),
     "gateway": frozenset({"ledger"}),
-    "auditor": frozenset({"ledger"}),
+    "ledger": frozenset({"witness"}),
+    "auditor": frozenset({"ledger", "witness"}),
     "cli": frozenset({"engine"}),
     "tool": frozenset({"engine", "gateway"}),
 }

@@ -20,6 +20,7 @@ strings or files holding one (``l7 witness serve`` writes ``witness.vkey``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import threading
@@ -248,6 +249,14 @@ def cmd_serve(a: argparse.Namespace) -> int:
         )
     try:
         opts = checkpoint_options(a)
+        if certs is not None:  # https:// witnesses over mTLS, as the ledger
+            from ledger.mtls import WitnessTLS
+
+            wtls = WitnessTLS.client(certs, "ledger")
+            opts["witnesses"] = [
+                dataclasses.replace(w, tls=wtls) if w.url.startswith("https://") else w
+                for w in opts["witnesses"]
+            ]
     except (ValueError, OSError) as e:
         raise ConfigError(str(e)) from e
     if a.dual_write:

@@ -123,11 +123,14 @@ def _bao(a: argparse.Namespace) -> Any:
 def _checkpoint_config(a: argparse.Namespace) -> dict[str, Any]:
     """StackConfig fields for continuous, witnessed checkpoints from ``l7 serve`` flags."""
     from l7.cli.ledger_cmds import log_public_key
+    from ledger.mtls import WitnessTLS
     from ledger.witness_client import witness_endpoints
 
     remote = a.ledger.startswith("grpc://")
+    certs = tls_dir(a)
     try:
-        witnesses = tuple(witness_endpoints(a.witness_url, a.witness_key))
+        wtls = WitnessTLS.client(certs, "engine") if certs and a.witness_url else None
+        witnesses = tuple(witness_endpoints(a.witness_url, a.witness_key, tls=wtls))
     except (ValueError, OSError) as e:
         raise ConfigError(str(e)) from e
     out: dict[str, Any] = {
