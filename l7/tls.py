@@ -401,6 +401,7 @@ class _ReloadingConfig:
         self._ca_pem = _read(ca, "CA certificate")
         self._cas = _load_cas(self._ca_pem, ca)
         self._ca_warned: bytes | None = None
+        self._ca_stamp: tuple[int, int, int] | None = None
         cert_pem, key_pem = _read(cert, "certificate"), _read(key, "private key")
         if not _pair_matches(cert_pem, key_pem):
             raise ConfigError(f"{cert} and {key}: the certificate does not match the key")
@@ -428,6 +429,11 @@ class _ReloadingConfig:
 
     def _check_ca(self) -> None:
         try:
+            st = self._ca_path.stat()
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if stamp == self._ca_stamp:
+                return
+            self._ca_stamp = stamp
             now = self._ca_path.read_bytes()
         except OSError:
             return

@@ -148,7 +148,9 @@ def test_reloading_config_only_reloads_on_change(tmp_path: Path, ca: tls.CA) -> 
     assert fetch() is None
 
 
-def test_reload_keeps_the_pinned_ca_and_identity(tmp_path: Path, ca: tls.CA) -> None:
+def test_reload_keeps_the_pinned_ca_and_identity(
+    tmp_path: Path, ca: tls.CA, caplog: pytest.LogCaptureFixture
+) -> None:
     """A rotation is served only from the CA pinned at start and for the same SPIFFE id;
     a CA appended to ca.pem never reaches the served trust bundle."""
     cert, key = tls.issue(ca, "ledger", tmp_path)
@@ -159,6 +161,8 @@ def test_reload_keeps_the_pinned_ca_and_identity(tmp_path: Path, ca: tls.CA) -> 
         f.write((tmp_path / "rogue" / "ca.pem").read_bytes())
     tls.issue(rogue, "ledger", tmp_path)  # and a leaf from it
     assert fetch() is None  # refused: not issued by the pinned CA
+    assert "pinned at start stays in force" in caplog.text
+    assert "not issued by the CA pinned at start" in caplog.text
     tls.issue(ca, "engine", tmp_path / "other")  # right CA, wrong identity
     for n in ("pem", "key"):
         (tmp_path / f"ledger.{n}").write_bytes((tmp_path / "other" / f"engine.{n}").read_bytes())
