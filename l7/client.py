@@ -16,6 +16,7 @@ from grpc_status import rpc_status
 
 from l7.errors import L7Error
 from l7.server.convert import request_to_proto
+from l7.tls import secure_channel
 from l7.v1 import governance_pb2 as pb
 from l7.v1 import governance_pb2_grpc as pb_grpc
 
@@ -76,7 +77,8 @@ def _bg_json(info: pb.BreakGlassInfo) -> dict[str, Any]:
 class GovernanceClient:
     """``token``: the caller's OIDC JWT, sent as ``authorization: Bearer`` on every call.
     ``credentials``: mTLS to an engine started with a certificate directory
-    (``l7.tls.client_credentials(cert_dir, "cli")``)."""
+    (``l7.tls.client_credentials(cert_dir, "cli")``); the server must prove it is the
+    engine before the token is sent."""
 
     def __init__(
         self,
@@ -89,8 +91,10 @@ class GovernanceClient:
         self.target = target
         self.timeout_s = timeout_s
         self.token = token
+        # mTLS: only a server holding the engine's certificate passes the handshake, so no
+        # token reaches a peer with another tier's certificate (l7.tls.secure_channel)
         self._channel = (
-            grpc.secure_channel(target, credentials)
+            secure_channel(target, credentials, expect="engine")
             if credentials is not None
             else grpc.insecure_channel(target)
         )

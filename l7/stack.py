@@ -44,6 +44,7 @@ from l7.policy.evaluator import OpaEvaluator
 from l7.policy.opa_process import BUNDLE_NAME, OpaProcess, find_opa
 from l7.policy.readiness import PolicyReadiness, ReadinessGatedEvaluator
 from l7.policy.signing import load_or_create_signing_key
+from l7.posture import Requirement, check_server_posture
 from l7.secrets.envelope import Envelope
 from l7.secrets.interface import SecretStore
 from l7.server.app import create_server
@@ -180,24 +181,16 @@ def load_or_create_checkpoint_key(path: Path) -> Ed25519CheckpointSigner:
 
 
 def check_production_posture(config: StackConfig) -> None:
-    """Production never runs open: callers must be identified (OIDC) and every tier must
-    speak mTLS. Refuse to start otherwise, naming the missing flag."""
-    if config.env != "production":
-        return
-    missing = [
-        flag
-        for flag, ok in (
-            ("--oidc-issuer", config.verifier is not None),
-            ("--tls-dir", config.cert_dir is not None),
-        )
-        if not ok
-    ]
-    if missing:
-        raise ConfigError(
-            f"refusing to serve production without {' and '.join(missing)}: production "
-            "requires authenticated callers and mTLS between the tiers (run `l7 certs init` "
-            "for certificates)"
-        )
+    """Production (or a non-loopback address) never runs open: callers must be identified
+    (OIDC) and every tier must speak mTLS. Refuse to start otherwise, naming the missing
+    flags (the one posture every server shares: ``l7.posture``)."""
+    check_server_posture(
+        "the engine (l7 serve)",
+        env=config.env,
+        addr=config.addr,
+        tls=config.cert_dir is not None,
+        identity=(Requirement("--oidc-issuer", config.verifier is not None),),
+    )
 
 
 class Stack:

@@ -25,7 +25,6 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
-import ipaddress
 import logging
 import os
 import threading
@@ -36,6 +35,7 @@ from typing import Any, cast
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -45,7 +45,10 @@ from l7.errors import ConfigError, Forbidden
 __all__ = [
     "ACCEPTS",
     "CA",
+    "CLIENT_EXPECTS",
+    "DEFAULT_CA_DIR",
     "DEFAULT_CERT_DIR",
+    "SERVER_TIERS",
     "SERVICES",
     "SPIFFE_TRUST_DOMAIN",
     "PeerAllowlist",
@@ -60,18 +63,25 @@ __all__ = [
     "load_ca",
     "peer_cert_der",
     "peer_spiffe_id",
+    "publish_ca",
     "secure_channel",
     "server_credentials",
+    "server_name",
+    "server_name_option",
     "server_tls",
     "spiffe_id",
     "spiffe_id_of",
+    "tls_dir_problem",
 ]
 
 log = logging.getLogger(__name__)
 
 SPIFFE_TRUST_DOMAIN = "layer7.local"
 DEFAULT_CERT_DIR = Path(".build/certs")
-SERVICES = ("engine", "gateway", "ledger", "cli", "auditor", "tool")
+DEFAULT_CA_DIR = Path(".build/ca")
+SERVICES = ("engine", "gateway", "ledger", "witness", "cli", "auditor", "tool")
+SERVER_TIERS = frozenset({"engine", "gateway", "ledger", "witness"})
+"""The services that listen: only their leaves carry a server name and serverAuth."""
 CA_VALIDITY = dt.timedelta(days=365)
 LEAF_VALIDITY = dt.timedelta(days=30)
 
@@ -87,6 +97,32 @@ ACCEPTS: Mapping[str, frozenset[str]] = {
     "gateway": frozenset({"tool"}),
     "ledger": frozenset({"engine", "gateway", "auditor"}),
 }
+
+
+# Which servers each client calls, and so may expect (``client_channel(expect=)``; the
+# witness speaks HTTPS, checked by ``ledger.mtls``, which accepts ledger/engine/auditor).
+#   engine  -> ledger, witness (an in-process ledger's checkpoints);  gateway -> ledger
+#   ledger  -> witness;  auditor -> ledger, witness (its cosigned checkpoints)
+#   cli     -> engine;  tool -> engine (Decide) and gateway (Authorize / Confirm)
+CLIENT_EXPECTS: Mapping[str, frozenset[str]] = {
+    "engine": frozenset({"ledger", "witness"}),
+    "gateway": frozenset({"ledger"}),
+    "ledger": frozenset({"witness"}),
+    "auditor": frozenset({"ledger", "witness"}),
+    "cli": frozenset({"engine"}),
+    "tool": frozenset({"engine", "gateway"}),
+}
+
+
+def server_name(service: str) -> str:
+    """The DNS name a server tier's certificate carries and its clients verify:
+    ``ledger`` -> ``ledger.layer7.local`` (always beside ``spiffe://layer7.local/ledger``)."""
+    name = spiffe_id(service).removeprefix(f"spiffe://{SPIFFE_TRUST_DOMAIN}/")
+    if name not in SERVER_TIERS:
+        raise ConfigError(
+            f"{service!r} is not a server tier (expected one of {sorted(SERVER_TIERS)})"
+        )
+    return f"{name}.{SPIFFE_TRUST_DOMAIN}"
 
 
 def spiffe_id(service: str) -> str:
@@ -198,6 +234,36 @@ def load_ca(directory: Path | str) -> CA:
     return CA(cert=cert, key=key, cert_path=d / "ca.pem")
 
 
+def publish_ca(ca: CA, directory: Path | str) -> Path:
+    """Write only the CA *certificate* to ``directory`` (the tiers' directory); its key
+    stays where :func:`init_ca` put it."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    if (d / "ca.key").exists():
+        raise ConfigError(
+            f"{d / 'ca.key'}: a CA key in the tiers' directory lets any tier mint any "
+            "identity; move it to the CA directory (l7 certs init --ca-dir)"
+        )
+    _write_public(d / "ca.pem", ca.cert.public_bytes(serialization.Encoding.PEM))
+    return d / "ca.pem"
+
+
+def tls_dir_problem(directory: Path | str) -> str | None:
+    """Why ``directory`` is not a usable tiers' directory (None: it is): it must hold
+    ``ca.pem`` and must not hold the CA's private key."""
+    d = Path(directory)
+    if not (d / "ca.pem").is_file():
+        return f"no ca.pem in {d}; run `l7 certs init --dir {d}`"
+    if (d / "ca.key").exists():
+        return (
+            f"{d / 'ca.key'}: the CA's private key sits beside the tiers' keys, so any "
+            "tier could mint any identity; move it out (`l7 certs init --ca-dir DIR` keeps "
+            "it in its own directory) and keep only ca.pem here"
+        )
+    return None
+
+
 def issue(
     ca: CA,
     service: str,
@@ -207,13 +273,20 @@ def issue(
 ) -> tuple[Path, Path]:
     """Issue ``<service>.pem`` / ``<service>.key`` (0600) in ``directory``; returns both paths.
 
-    The certificate carries URI SAN ``spiffe://layer7.local/<service>``, DNS ``localhost``
-    and IP ``127.0.0.1``, and is good for both server and client authentication. Files are
-    replaced atomically (certificate after key), so a running server picks them up as a
-    rotation.
+    Every leaf carries URI SAN ``spiffe://layer7.local/<service>`` and clientAuth. A server
+    tier (:data:`SERVER_TIERS`) also carries DNS SAN ``<service>.layer7.local`` (what its
+    clients verify) and serverAuth; a client-only leaf has no server name at all, so it
+    cannot pass for a server. Files are replaced atomically (certificate after key), so a
+    running server picks them up as a rotation.
     """
     uri = spiffe_id(service)
     name = uri.rsplit("/", 1)[-1]
+    is_server = uri == spiffe_id(name) and name in SERVER_TIERS
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if is_server:
+        sans.append(x509.DNSName(server_name(name)))
+        usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -233,16 +306,7 @@ def issue(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(min(now + validity, ca.cert.not_valid_after_utc))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.UniformResourceIdentifier(uri),
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -258,12 +322,7 @@ def issue(
             ),
             critical=True,
         )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
             critical=False,
@@ -296,23 +355,63 @@ def _pair_matches(cert_pem: bytes, key_pem: bytes) -> bool:
     return bool(cert.public_key().public_bytes(*fmt) == key.public_key().public_bytes(*fmt))
 
 
+def _load_cas(pem: bytes, where: Path) -> list[x509.Certificate]:
+    try:
+        cas = x509.load_pem_x509_certificates(pem)
+    except ValueError as e:
+        raise ConfigError(f"CA certificate {where}: not a PEM certificate bundle ({e})") from e
+    return cas
+
+
+def _leaf_problem(
+    cert_pem: bytes, key_pem: bytes, cas: list[x509.Certificate], spiffe: str | None
+) -> str | None:
+    """Why this certificate/key pair may not be served (None: it may): the pair must
+    match, the certificate must be issued by one of the pinned CAs and, on a rotation,
+    keep the SPIFFE id served so far."""
+    if not _pair_matches(cert_pem, key_pem):
+        return "the certificate does not match the key"
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    for ca in cas:
+        try:
+            cert.verify_directly_issued_by(ca)
+            break
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+    else:
+        return "the certificate is not issued by the CA pinned at start"
+    got = spiffe_id_of(cert.public_bytes(serialization.Encoding.DER))
+    if spiffe is not None and got != spiffe:
+        return f"the certificate names {got}, expected {spiffe}"
+    return None
+
+
 class _ReloadingConfig:
-    """Fetches the server's certificate configuration, re-reading the files when any of
-    them changed on disk (mtime, size or inode). A half-written rotation (certificate and
-    key not matching yet) keeps the previous configuration until the pair is consistent."""
+    """Fetches the server's certificate configuration, re-reading its certificate and key
+    when either changed on disk (mtime, size or inode). The CA bundle is read once, at
+    start: a changed ``ca.pem`` (say, a CA appended to it) is logged and ignored until
+    a restart. A new pair is served only when it matches, chains to the pinned CA and
+    keeps the SPIFFE id; a half-written rotation keeps the previous one."""
 
     def __init__(self, cert: Path, key: Path, ca: Path) -> None:
-        self._paths = (cert, key, ca)
+        self._paths = (cert, key)
+        self._ca_path = ca
         self._lock = threading.Lock()
         self._stamp = self._stat()
-        cert_pem, key_pem, ca_pem = (
-            _read(cert, "certificate"),
-            _read(key, "private key"),
-            _read(ca, "CA certificate"),
-        )
+        self._ca_pem = _read(ca, "CA certificate")
+        self._cas = _load_cas(self._ca_pem, ca)
+        self._ca_warned: bytes | None = None
+        self._ca_stamp: tuple[int, int, int] | None = None
+        cert_pem, key_pem = _read(cert, "certificate"), _read(key, "private key")
         if not _pair_matches(cert_pem, key_pem):
             raise ConfigError(f"{cert} and {key}: the certificate does not match the key")
-        self.initial = self._config(cert_pem, key_pem, ca_pem)
+        problem = _leaf_problem(cert_pem, key_pem, self._cas, None)
+        if problem is not None:
+            raise ConfigError(f"{cert}: {problem} ({ca}); re-issue it with `l7 certs init`")
+        self._spiffe = spiffe_id_of(
+            x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+        )
+        self.initial = self._config(cert_pem, key_pem)
 
     def _stat(self) -> tuple[tuple[int, int, int], ...]:
         out = []
@@ -325,35 +424,51 @@ class _ReloadingConfig:
                 out.append((st.st_mtime_ns, st.st_size, st.st_ino))
         return tuple(out)
 
-    @staticmethod
-    def _config(
-        cert_pem: bytes, key_pem: bytes, ca_pem: bytes
-    ) -> grpc.ServerCertificateConfiguration:
-        return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], ca_pem)
+    def _config(self, cert_pem: bytes, key_pem: bytes) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)], self._ca_pem)
+
+    def _check_ca(self) -> None:
+        try:
+            st = self._ca_path.stat()
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if stamp == self._ca_stamp:
+                return
+            self._ca_stamp = stamp
+            now = self._ca_path.read_bytes()
+        except OSError:
+            return
+        if now not in (self._ca_pem, self._ca_warned):
+            self._ca_warned = now
+            log.warning(
+                "tls: %s changed on disk; the CA bundle pinned at start stays in force "
+                "(restart to trust a new one)",
+                self._ca_path,
+            )
 
     def __call__(self) -> grpc.ServerCertificateConfiguration | None:
         try:
             with self._lock:
+                self._check_ca()
                 stamp = self._stat()
                 if stamp == self._stamp:
                     return None
-                cert_pem, key_pem, ca_pem = (p.read_bytes() for p in self._paths)
-                if not _pair_matches(cert_pem, key_pem):
-                    log.warning(
-                        "tls: %s does not match its key yet; keeping the old one", self._paths[0]
-                    )
+                cert_pem, key_pem = (p.read_bytes() for p in self._paths)
+                problem = _leaf_problem(cert_pem, key_pem, self._cas, self._spiffe)
+                if problem is not None:
+                    log.warning("tls: %s: %s; keeping the old one", self._paths[0], problem)
                     return None
                 self._stamp = stamp
                 log.info("tls: reloaded %s", self._paths[0])
-                return self._config(cert_pem, key_pem, ca_pem)
+                return self._config(cert_pem, key_pem)
         except Exception:  # called from gRPC's core; never let it raise there
             log.exception("tls: cannot reload %s; keeping the old certificate", self._paths[0])
             return None
 
 
 def server_credentials(cert: Path | str, key: Path | str, ca: Path | str) -> grpc.ServerCredentials:
-    """Server credentials that require a client certificate signed by ``ca`` and re-read
-    ``cert``/``key``/``ca`` on the next new connection whenever they change on disk.
+    """Server credentials that require a client certificate signed by ``ca`` (read once,
+    pinned) and re-read ``cert``/``key`` on the next new connection whenever they change
+    on disk (a rotation; see :class:`_ReloadingConfig`).
 
     Authorization (which service may call) is :class:`PeerAllowlist`'s job."""
     fetch = _ReloadingConfig(Path(cert), Path(key), Path(ca))
@@ -368,7 +483,8 @@ def server_credentials(cert: Path | str, key: Path | str, ca: Path | str) -> grp
 def channel_credentials(
     cert: Path | str, key: Path | str, ca: Path | str
 ) -> grpc.ChannelCredentials:
-    """Client credentials: trust only ``ca``, present ``cert``/``key``."""
+    """Client credentials: trust only ``ca``, present ``cert``/``key``. Open a channel with
+    them through :func:`secure_channel`, which names the server expected."""
     return grpc.ssl_channel_credentials(
         root_certificates=_read(ca, "CA certificate"),
         private_key=_read(key, "private key"),
@@ -376,32 +492,41 @@ def channel_credentials(
     )
 
 
+def server_name_option(expect: str) -> tuple[str, str]:
+    """The channel option that makes the handshake verify ``expect``'s server name."""
+    return ("grpc.ssl_target_name_override", server_name(expect))
+
+
 def secure_channel(
     target: str,
     creds: grpc.ChannelCredentials,
     *,
-    server_name: str | None = None,
+    expect: str,
     options: Iterable[tuple[str, Any]] = (),
 ) -> grpc.Channel:
-    """A TLS channel to ``target``. Loopback targets (``localhost``/``127.0.0.1``) verify
-    against the certificates' SANs as is; for any other host name pass ``server_name``
-    (``localhost``) to check the server's certificate against that name instead."""
-    opts = list(options)
-    if server_name:
-        opts.append(("grpc.ssl_target_name_override", server_name))
+    """A TLS channel to ``target`` that accepts only a server holding ``expect``'s
+    certificate (``ledger``, ``engine`` or ``gateway``): the handshake checks the server's
+    certificate for ``<expect>.layer7.local`` whatever host ``target`` names, and fails
+    before any call metadata is sent."""
+    opts = [o for o in options if o[0] != "grpc.ssl_target_name_override"]
+    opts.append(server_name_option(expect))
     return grpc.secure_channel(target, creds, options=opts)
 
 
 def client_credentials(cert_dir: Path | str, service: str) -> grpc.ChannelCredentials:
     """Credentials presenting ``<cert_dir>/<service>.pem`` and trusting ``<cert_dir>/ca.pem``
-    (the layout ``l7 certs init`` writes)."""
+    (the layout ``l7 certs init`` writes); refuses a directory holding the CA's key."""
     d = Path(cert_dir)
+    problem = tls_dir_problem(d)
+    if problem is not None:
+        raise ConfigError(problem)
     return channel_credentials(d / f"{service}.pem", d / f"{service}.key", d / "ca.pem")
 
 
-def client_channel(target: str, cert_dir: Path | str, service: str) -> grpc.Channel:
-    """A channel to ``target`` presenting ``<cert_dir>/<service>.pem`` (from ``l7 certs init``)."""
-    return secure_channel(target, client_credentials(cert_dir, service))
+def client_channel(target: str, cert_dir: Path | str, service: str, *, expect: str) -> grpc.Channel:
+    """A channel to ``target`` presenting ``<cert_dir>/<service>.pem`` (from ``l7 certs
+    init``) and accepting only the ``expect`` server tier."""
+    return secure_channel(target, client_credentials(cert_dir, service), expect=expect)
 
 
 # --------------------------------------------------------------------------- peer identity
@@ -552,6 +677,9 @@ def server_tls(
             raise ConfigError(f"no default peer allowlist for {service!r}; pass allowed=")
         allowed = ACCEPTS[service]
     d = Path(cert_dir)
+    problem = tls_dir_problem(d)
+    if problem is not None:
+        raise ConfigError(problem)
     return ServerTLS(
         credentials=server_credentials(d / f"{service}.pem", d / f"{service}.key", d / "ca.pem"),
         interceptor=PeerAllowlist(allowed),

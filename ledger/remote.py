@@ -67,9 +67,11 @@ from ledger.note import Cosignature
 from ledger.v1 import ledger_pb2 as pb
 from ledger.v1 import ledger_pb2_grpc as pb_grpc
 
-__all__ = ["REDACTED", "RemoteLedger"]
+__all__ = ["LEDGER_SERVER_NAME", "REDACTED", "RemoteLedger"]
 
 DOMAIN = "layer7.ledger"
+LEDGER_SERVER_NAME = "ledger.layer7.local"
+"""The name a ledger service's certificate carries (l7.tls.server_name("ledger"))."""
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # an export page is at most a few MB
 _PAGE = 1000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -201,6 +203,7 @@ class RemoteLedger:
         timeout_s: float = 5.0,
         long_timeout_s: float = 600.0,
         credentials: grpc.ChannelCredentials | None = None,
+        server_name: str = LEDGER_SERVER_NAME,
         _channel: grpc.Channel | None = None,
     ) -> None:
         self.target = target
@@ -208,7 +211,7 @@ class RemoteLedger:
         self.timeout_s = timeout_s
         self.long_timeout_s = long_timeout_s
         self._owns_channel = _channel is None
-        options = [
+        options: list[tuple[str, str | int]] = [
             ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200),
@@ -216,7 +219,11 @@ class RemoteLedger:
         ]
         if _channel is not None:
             self._channel = _channel
-        elif credentials is not None:  # mTLS: present our certificate, trust only our CA
+        elif credentials is not None:
+            # mTLS: present our certificate, trust only our CA, and accept only a server
+            # holding the ledger's certificate (its DNS SAN, checked in the handshake before
+            # the writer token is sent; l7.tls issues it with spiffe://layer7.local/ledger)
+            options.append(("grpc.ssl_target_name_override", server_name))
             self._channel = grpc.secure_channel(target, credentials, options=options)
         else:
             self._channel = grpc.insecure_channel(target, options=options)

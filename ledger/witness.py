@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.checkpoint import load_private_key, parse_json_strict, save_private_key
 from ledger.merkle import ProofInvalid, verify_consistency
+from ledger.mtls import PeerIdentityError, WitnessTLS
 from ledger.note import (
     ALG_COSIGNATURE_V1,
     ALG_ED25519,
@@ -368,10 +369,31 @@ class Witness:
 # -- HTTP ---------------------------------------------------------------------------------------
 
 
-def _handler(witness: Witness) -> type[BaseHTTPRequestHandler]:
+def _handler(witness: Witness, tls: WitnessTLS | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "layer7-witness"
+        timeout = 30  # a peer that stalls the handshake or the request holds one thread
+        peer: str | None = None
+
+        def setup(self) -> None:
+            if tls is not None:  # handshake here, in this connection's thread
+                self.request.settimeout(self.timeout)
+                self.request.do_handshake()
+                try:
+                    self.peer = tls.check_peer(self.request)
+                except PeerIdentityError as e:
+                    log.warning("witness: refused %s: %s", self.client_address[0], e)
+                    self.peer = None
+            super().setup()
+
+        def _allowed(self) -> bool:
+            if tls is None or self.peer is not None:
+                return True
+            refusal = "peer_not_allowed: this peer may not call a witness"
+            self._send(_text(HTTPStatus.FORBIDDEN, refusal))
+            self.close_connection = True
+            return False
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("witness http: " + format, *args)
@@ -385,6 +407,8 @@ def _handler(witness: Witness) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         def do_POST(self) -> None:
+            if not self._allowed():
+                return
             if urlsplit(self.path).path != "/add-checkpoint":
                 self._send(_text(HTTPStatus.NOT_FOUND, f"no such endpoint {self.path!r:.80}"))
                 return
@@ -400,6 +424,8 @@ def _handler(witness: Witness) -> type[BaseHTTPRequestHandler]:
             self._send(witness.add_checkpoint(self.rfile.read(length)))
 
         def do_GET(self) -> None:
+            if not self._allowed():
+                return
             parts = urlsplit(self.path)
             if parts.path == "/healthz":
                 self._send(_text(HTTPStatus.OK, "ok"))
@@ -420,11 +446,26 @@ def _handler(witness: Witness) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def create_witness_server(addr: str, witness: Witness) -> tuple[ThreadingHTTPServer, int]:
-    """A not-yet-serving HTTP server for ``witness`` on ``addr`` (port 0: a free port)."""
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a failed handshake (no or a foreign certificate, plaintext) lands here
+        log.warning("witness: connection from %s failed: %s", client_address[0], sys.exc_info()[1])
+
+
+def create_witness_server(
+    addr: str, witness: Witness, *, tls: WitnessTLS | None = None
+) -> tuple[ThreadingHTTPServer, int]:
+    """A not-yet-serving HTTP server for ``witness`` on ``addr`` (port 0: a free port);
+    with ``tls`` (:func:`ledger.mtls.witness_server_tls`) HTTPS that requires a client
+    certificate from our CA and serves only ``tls.accepts``."""
     host, _, port = addr.rpartition(":")
-    server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), _handler(witness))
-    server.daemon_threads = True
+    server = _Server((host or "127.0.0.1", int(port)), _handler(witness, tls))
+    if tls is not None:
+        server.socket = tls.context.wrap_socket(
+            server.socket, server_side=True, do_handshake_on_connect=False
+        )
     return server, int(server.server_address[1])
 
 
@@ -434,11 +475,12 @@ def serve(
     *,
     stop: threading.Event | None = None,
     on_ready: Callable[[int], None] | None = None,
+    tls: WitnessTLS | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM (or ``stop``); prints the address and verifier key."""
     import signal
 
-    server, port = create_witness_server(addr, witness)
+    server, port = create_witness_server(addr, witness, tls=tls)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -446,7 +488,8 @@ def serve(
     thread = threading.Thread(target=server.serve_forever, name="witness-http", daemon=True)
     thread.start()
     host = addr.rpartition(":")[0] or "127.0.0.1"
-    print(f"Layer-7 witness {witness.name} on http://{host}:{port}", flush=True)
+    scheme = "https" if tls is not None else "http"
+    print(f"Layer-7 witness {witness.name} on {scheme}://{host}:{port}", flush=True)
     print(f"witness key: {witness.vkey.encode()}", flush=True)
     if on_ready is not None:
         on_ready(port)
@@ -561,10 +604,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--addr", default="127.0.0.1:50081", help="listen address (loopback)")
 
 
-def run(a: argparse.Namespace) -> int:
+def run(a: argparse.Namespace, *, tls: WitnessTLS | None = None) -> int:
     w = build_witness(Path(a.state_dir), a.name, a.log, key_file=Path(a.key) if a.key else None)
     (Path(a.state_dir) / "witness.vkey").write_text(w.vkey.encode() + "\n", encoding="utf-8")
-    return serve(w, a.addr)
+    return serve(w, a.addr, tls=tls)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,17 +14,20 @@ extension), verified with the witness key: what monitors compare the ledger with
 from __future__ import annotations
 
 import base64
+import http.client
+import ssl
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ledger.checkpoint import Checkpoint
 from ledger.errors import WitnessRefused, WitnessUnavailable
 from ledger.merkle import ProofInvalid
+from ledger.mtls import WitnessTLS
 from ledger.note import Cosignature, VerifierKey, parse_note, verify_cosignature
 
 __all__ = ["WitnessClient", "WitnessEndpoint", "read_vkey", "witness_endpoints"]
@@ -38,13 +41,18 @@ class WitnessEndpoint:
 
     url: str
     key: VerifierKey
+    tls: WitnessTLS | None = field(default=None, compare=False)
+    """mTLS to this witness (``https://`` only): our certificate, and the witness's
+    SPIFFE id checked before the request is sent."""
 
     @classmethod
-    def parse(cls, url: str, vkey: str) -> WitnessEndpoint:
+    def parse(cls, url: str, vkey: str, *, tls: WitnessTLS | None = None) -> WitnessEndpoint:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"witness URL must be http(s)://host:port, got {url!r}")
-        return cls(url.rstrip("/"), VerifierKey.decode(vkey))
+        if tls is not None and parts.scheme != "https":
+            raise ValueError(f"witness URL {url!r}: mTLS (--tls-dir) needs https://")
+        return cls(url.rstrip("/"), VerifierKey.decode(vkey), tls)
 
 
 def read_vkey(value: str) -> VerifierKey:
@@ -56,14 +64,20 @@ def read_vkey(value: str) -> VerifierKey:
     return VerifierKey.decode(text)
 
 
-def witness_endpoints(urls: Sequence[str], keys: Sequence[str]) -> list[WitnessEndpoint]:
-    """Pair ``--witness-url`` and ``--witness-key`` values (vkeys or files), in order."""
+def witness_endpoints(
+    urls: Sequence[str], keys: Sequence[str], *, tls: WitnessTLS | None = None
+) -> list[WitnessEndpoint]:
+    """Pair ``--witness-url`` and ``--witness-key`` values (vkeys or files), in order;
+    ``tls`` goes with every ``https://`` witness."""
     if len(urls) != len(keys):
         raise ValueError(
             f"give one --witness-key per --witness-url ({len(urls)} URLs, {len(keys)} keys)"
         )
     return [
-        WitnessEndpoint.parse(u, read_vkey(k).encode()) for u, k in zip(urls, keys, strict=True)
+        WitnessEndpoint.parse(
+            u, read_vkey(k).encode(), tls=tls if u.startswith("https://") else None
+        )
+        for u, k in zip(urls, keys, strict=True)
     ]
 
 
@@ -82,6 +96,8 @@ class WitnessClient:
         return self.endpoint.key.key_id
 
     def _request(self, path: str, data: bytes | None) -> tuple[int, str, str]:
+        if self.endpoint.tls is not None:
+            return self._request_mtls(self.endpoint.tls, path, data)
         req = urllib.request.Request(  # noqa: S310 - http(s) only (WitnessEndpoint.parse)
             self.endpoint.url + path,
             data=data,
@@ -97,6 +113,27 @@ class WitnessClient:
             return e.code, e.headers.get("Content-Type", ""), body
         except (OSError, UnicodeDecodeError) as e:
             raise WitnessUnavailable(f"witness {self.name} at {self.endpoint.url}: {e}") from e
+
+    def _request_mtls(self, tls: WitnessTLS, path: str, data: bytes | None) -> tuple[int, str, str]:
+        """The request over mTLS: the witness's SPIFFE id is checked on the established
+        connection before a byte of the request is written."""
+        parts = urllib.parse.urlsplit(self.endpoint.url)
+        conn = http.client.HTTPSConnection(
+            parts.hostname or "", parts.port or 443, timeout=self.timeout_s, context=tls.context
+        )
+        try:
+            conn.connect()
+            assert isinstance(conn.sock, ssl.SSLSocket)
+            tls.check_peer(conn.sock)
+            headers = {"Content-Type": "text/plain; charset=utf-8"} if data is not None else {}
+            conn.request("POST" if data is not None else "GET", path, body=data, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read(_MAX_RESPONSE).decode("utf-8")
+            return resp.status, resp.headers.get("Content-Type", ""), body
+        except (OSError, http.client.HTTPException, UnicodeDecodeError) as e:
+            raise WitnessUnavailable(f"witness {self.name} at {self.endpoint.url}: {e}") from e
+        finally:
+            conn.close()
 
     def add_checkpoint(
         self, cp: Checkpoint, proof: Callable[[int, int], list[bytes]]

@@ -20,6 +20,7 @@ strings or files holding one (``l7 witness serve`` writes ``witness.vkey``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import threading
@@ -234,6 +235,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from l7.cli.certs import tls_dir
     from l7.cli.main import _verifier
     from l7.identity.ledger_reader import OidcReadAuthorizer
+    from l7.posture import Requirement, check_server_posture
     from l7.tls import server_tls
     from l7.trust import load_tier_signer
     from ledger.attestation import Tier
@@ -241,6 +243,14 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from ledger.checkpointer import IntegrityMonitor
     from ledger.service import checkpoint_options, create_ledger_server
 
+    check_server_posture(
+        "the ledger service (l7 ledger serve)",
+        env=a.env,
+        addr=a.addr,
+        tls=bool(a.tls_dir),
+        identity=(Requirement("--oidc-issuer", bool(a.oidc_issuer)),),
+    )
+    certs = tls_dir(a)
     verifier = _verifier(a)
     if verifier is None:
         raise ConfigError(
@@ -249,6 +259,14 @@ def cmd_serve(a: argparse.Namespace) -> int:
         )
     try:
         opts = checkpoint_options(a)
+        if certs is not None:  # https:// witnesses over mTLS, as the ledger
+            from ledger.mtls import WitnessTLS
+
+            wtls = WitnessTLS.client(certs, "ledger")
+            opts["witnesses"] = [
+                dataclasses.replace(w, tls=wtls) if w.url.startswith("https://") else w
+                for w in opts["witnesses"]
+            ]
     except (ValueError, OSError) as e:
         raise ConfigError(str(e)) from e
     if a.dual_write:
@@ -261,7 +279,6 @@ def cmd_serve(a: argparse.Namespace) -> int:
     monitor: IntegrityMonitor | None = None
     try:
         hs = health.HealthServicer()
-        certs = tls_dir(a)
         st = server_tls(certs, "ledger") if certs else None
         server, port = create_ledger_server(
             a.addr,

@@ -27,6 +27,7 @@ from l7.engine.state import fold_decision
 from l7.errors import ConfigError, L7Error, RequestInvalid
 from l7.identity import TokenVerifier
 from l7.policy.signing import BundleSigners
+from l7.posture import check_server_posture
 from l7.signed_ledger import SignedLedger
 from l7.stack import REPO_ROOT, Stack, StackConfig, connect_ledger
 from l7.tls import server_tls
@@ -123,11 +124,14 @@ def _bao(a: argparse.Namespace) -> Any:
 def _checkpoint_config(a: argparse.Namespace) -> dict[str, Any]:
     """StackConfig fields for continuous, witnessed checkpoints from ``l7 serve`` flags."""
     from l7.cli.ledger_cmds import log_public_key
+    from ledger.mtls import WitnessTLS
     from ledger.witness_client import witness_endpoints
 
     remote = a.ledger.startswith("grpc://")
+    certs = tls_dir(a)
     try:
-        witnesses = tuple(witness_endpoints(a.witness_url, a.witness_key))
+        wtls = WitnessTLS.client(certs, "engine") if certs and a.witness_url else None
+        witnesses = tuple(witness_endpoints(a.witness_url, a.witness_key, tls=wtls))
     except (ValueError, OSError) as e:
         raise ConfigError(str(e)) from e
     out: dict[str, Any] = {
@@ -349,6 +353,15 @@ def cmd_gateway_serve(a: argparse.Namespace) -> int:
     from l7.gateway.service import GatewayService, parse_environments
 
     guarded = parse_environments(a.guarded_envs)  # before anything starts
+    # its callers prove their tier by mTLS (tool) and carry a grant the engine signed;
+    # guarding production is a production posture whatever the trust environment is
+    check_server_posture(
+        "the gateway (l7 gateway serve)",
+        env="production" if "production" in guarded else a.env,
+        addr=a.addr,
+        tls=bool(a.tls_dir),
+    )
+    certs = tls_dir(a)
     if not a.grant_public_key:
         raise ConfigError(
             "--grant-public-key is required: a gateway without a verification key would run "
@@ -358,7 +371,6 @@ def cmd_gateway_serve(a: argparse.Namespace) -> int:
 
     keys = {kid_of(k): k for k in (load_grant_public_key(Path(p)) for p in a.grant_public_key)}
     bao = _bao(a)
-    certs = tls_dir(a)
     raw = (
         connect_ledger(
             a.ledger,

@@ -34,6 +34,7 @@ from l7.client import GovernanceClient, RemoteError, _remote_error, decision_jso
 from l7.errors import GatewayDegraded, GrantRefused, L7Error
 from l7.gateway.service import summarize_result
 from l7.server.convert import request_to_proto
+from l7.tls import secure_channel
 from l7.v1 import gateway_pb2 as gpb
 from l7.v1 import gateway_pb2_grpc as gpb_grpc
 from l7.v1 import governance_pb2 as pb
@@ -118,8 +119,8 @@ class GatewayClient:
     ) -> None:
         """``credentials``: mTLS to a gateway started with a certificate directory
         (``l7.tls.client_credentials(cert_dir, "tool")``)."""
-        self._channel = (
-            grpc.secure_channel(target, credentials)
+        self._channel = (  # mTLS: only a server holding the gateway's certificate
+            secure_channel(target, credentials, expect="gateway")
             if credentials is not None
             else grpc.insecure_channel(target)
         )

@@ -53,7 +53,8 @@ class _Bound(grpc.ServerInterceptor):
 @pytest.fixture
 def certs(tmp_path: Path) -> Path:
     d = tmp_path / "certs"
-    ca = tls.init_ca(d)
+    ca = tls.init_ca(tmp_path / "ca")  # the CA key stays out of the tiers' directory
+    tls.publish_ca(ca, d)
     for s in SERVICES:
         tls.issue(ca, s, d)
     return d
@@ -113,7 +114,7 @@ def _served_cert(port: int, certs: Path, client: str = "cli") -> x509.Certificat
     ctx.set_alpn_protocols(["h2"])
     with (
         socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-        ctx.wrap_socket(raw, server_hostname="localhost") as s,
+        ctx.wrap_socket(raw, server_hostname="ledger.layer7.local") as s,
     ):
         der = s.getpeercert(binary_form=True)
     assert der is not None
@@ -122,16 +123,16 @@ def _served_cert(port: int, certs: Path, client: str = "cli") -> x509.Certificat
 
 def test_right_peer_succeeds(certs: Path, ledger_port: int) -> None:
     for peer in ("engine", "gateway", "auditor"):
-        ch = tls.client_channel(f"127.0.0.1:{ledger_port}", certs, peer)
+        ch = tls.client_channel(f"127.0.0.1:{ledger_port}", certs, peer, expect="ledger")
         assert _check(ch) == health_pb2.HealthCheckResponse.SERVING
-    ch = tls.client_channel(f"localhost:{ledger_port}", certs, "engine")
+    ch = tls.client_channel(f"localhost:{ledger_port}", certs, "engine", expect="ledger")
     assert _check(ch) == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_no_client_certificate_is_refused(certs: Path, ledger_port: int) -> None:
     creds = grpc.ssl_channel_credentials(root_certificates=(certs / "ca.pem").read_bytes())
     with pytest.raises(grpc.RpcError) as e:
-        _check(tls.secure_channel(f"127.0.0.1:{ledger_port}", creds))
+        _check(tls.secure_channel(f"127.0.0.1:{ledger_port}", creds, expect="ledger"))
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -149,7 +150,7 @@ def test_client_certificate_from_another_ca_is_refused(
     cert, key = tls.issue(rogue_ca, "engine", other)  # right name, wrong CA
     creds = tls.channel_credentials(cert, key, certs / "ca.pem")  # trusts the real server
     with pytest.raises(grpc.RpcError) as e:
-        _check(tls.secure_channel(f"127.0.0.1:{ledger_port}", creds))
+        _check(tls.secure_channel(f"127.0.0.1:{ledger_port}", creds, expect="ledger"))
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -160,14 +161,14 @@ def test_server_from_another_ca_is_refused_by_the_client(
     tls.init_ca(other)
     creds = tls.channel_credentials(certs / "engine.pem", certs / "engine.key", other / "ca.pem")
     with pytest.raises(grpc.RpcError) as e:
-        _check(tls.secure_channel(f"127.0.0.1:{ledger_port}", creds))
+        _check(tls.secure_channel(f"127.0.0.1:{ledger_port}", creds, expect="ledger"))
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 @pytest.mark.parametrize("peer", ["cli", "tool"])
 def test_wrong_service_identity_is_refused(certs: Path, ledger_port: int, peer: str) -> None:
     with pytest.raises(grpc.RpcError) as e:
-        _check(tls.client_channel(f"127.0.0.1:{ledger_port}", certs, peer))
+        _check(tls.client_channel(f"127.0.0.1:{ledger_port}", certs, peer, expect="ledger"))
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert _reason(e.value) == "peer_not_allowed"
     assert f"spiffe://layer7.local/{peer}" in (e.value.details() or "")
@@ -175,14 +176,17 @@ def test_wrong_service_identity_is_refused(certs: Path, ledger_port: int, peer: 
 
 def test_engine_accepts_cli_and_tool_not_gateway(certs: Path, engine_port: int) -> None:
     for peer in ("cli", "tool"):
-        assert _check(tls.client_channel(f"127.0.0.1:{engine_port}", certs, peer)) == 1
+        assert (
+            _check(tls.client_channel(f"127.0.0.1:{engine_port}", certs, peer, expect="engine"))
+            == 1
+        )
     with pytest.raises(grpc.RpcError) as e:
-        _check(tls.client_channel(f"127.0.0.1:{engine_port}", certs, "gateway"))
+        _check(tls.client_channel(f"127.0.0.1:{engine_port}", certs, "gateway", expect="engine"))
     assert _reason(e.value) == "peer_not_allowed"
 
 
 def test_streaming_rpc_is_also_authorized(certs: Path, ledger_port: int) -> None:
-    with tls.client_channel(f"127.0.0.1:{ledger_port}", certs, "cli") as ch:
+    with tls.client_channel(f"127.0.0.1:{ledger_port}", certs, "cli", expect="ledger") as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         stream = stub.Watch(health_pb2.HealthCheckRequest(), timeout=5)  # type: ignore[attr-defined]
         with pytest.raises(grpc.RpcError) as e:
@@ -193,7 +197,7 @@ def test_streaming_rpc_is_also_authorized(certs: Path, ledger_port: int) -> None
 
 def test_rotation_is_picked_up_without_restart(certs: Path, ledger_port: int) -> None:
     before = _served_cert(ledger_port, certs)
-    ca = tls.load_ca(certs)
+    ca = tls.load_ca(certs.parent / "ca")
     old_mtime = (certs / "ledger.pem").stat().st_mtime_ns
     tls.issue(ca, "ledger", certs)  # rotate the server's files in place
     if (certs / "ledger.pem").stat().st_mtime_ns == old_mtime:  # coarse clock
@@ -207,17 +211,23 @@ def test_rotation_is_picked_up_without_restart(certs: Path, ledger_port: int) ->
         after = _served_cert(ledger_port, certs)
     assert after.serial_number == on_disk.serial_number
     # and gRPC clients keep working against the rotated certificate
-    assert _check(tls.client_channel(f"127.0.0.1:{ledger_port}", certs, "engine")) == 1
+    assert (
+        _check(tls.client_channel(f"127.0.0.1:{ledger_port}", certs, "engine", expect="ledger"))
+        == 1
+    )
 
 
 def test_half_written_rotation_keeps_the_old_certificate(certs: Path, ledger_port: int) -> None:
     before = _served_cert(ledger_port, certs)
     # a new key without its certificate: the pair does not match, the old pair stays served
     other = certs / "spare"
-    tls.issue(tls.load_ca(certs), "ledger", other)
+    tls.issue(tls.load_ca(certs.parent / "ca"), "ledger", other)
     os.replace(other / "ledger.key", certs / "ledger.key")
     assert _served_cert(ledger_port, certs).serial_number == before.serial_number
-    assert _check(tls.client_channel(f"127.0.0.1:{ledger_port}", certs, "engine")) == 1
+    assert (
+        _check(tls.client_channel(f"127.0.0.1:{ledger_port}", certs, "engine", expect="ledger"))
+        == 1
+    )
     os.replace(other / "ledger.pem", certs / "ledger.pem")  # the rotation completes
     deadline = time.monotonic() + 5
     while _served_cert(ledger_port, certs).serial_number == before.serial_number:
@@ -229,9 +239,21 @@ def test_cnf_binding_on_a_live_connection(certs: Path, ledger_port: int) -> None
     engine_tp = tls.cert_thumbprint_s256((certs / "engine.pem").read_bytes())
     gateway_tp = tls.cert_thumbprint_s256((certs / "gateway.pem").read_bytes())
     target = f"127.0.0.1:{ledger_port}"
-    assert _check(tls.client_channel(target, certs, "engine"), (("x-cnf", engine_tp),)) == 1
+    assert (
+        _check(
+            tls.client_channel(target, certs, "engine", expect="ledger"), (("x-cnf", engine_tp),)
+        )
+        == 1
+    )
     with pytest.raises(grpc.RpcError) as e:
-        _check(tls.client_channel(target, certs, "gateway"), (("x-cnf", engine_tp),))
+        _check(
+            tls.client_channel(target, certs, "gateway", expect="ledger"), (("x-cnf", engine_tp),)
+        )
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert e.value.details() == "cnf_mismatch"
-    assert _check(tls.client_channel(target, certs, "gateway"), (("x-cnf", gateway_tp),)) == 1
+    assert (
+        _check(
+            tls.client_channel(target, certs, "gateway", expect="ledger"), (("x-cnf", gateway_tp),)
+        )
+        == 1
+    )

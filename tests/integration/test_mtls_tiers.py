@@ -59,7 +59,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     out = []
     for name in ("ours", "other"):
         d = root / name
-        ca = tls.init_ca(d, common_name=f"Layer-7 test CA ({name})")
+        ca = tls.init_ca(root / f"{name}-ca", common_name=f"Layer-7 test CA ({name})")
+        tls.publish_ca(ca, d)  # the tiers' directory: ca.pem and leaves, no CA key
         for s in SERVICES:
             tls.issue(ca, s, d)
         out.append(d)
@@ -148,7 +149,7 @@ def test_plaintext_connection_refused(tiers: Tiers, server: str) -> None:
 @pytest.mark.parametrize("server", ["engine", "gateway", "ledger"])
 def test_tls_without_client_certificate_refused(tiers: Tiers, server: str) -> None:
     creds = grpc.ssl_channel_credentials(root_certificates=(tiers.pki.ours / "ca.pem").read_bytes())
-    with grpc.secure_channel(_targets(tiers)[server], creds) as ch:
+    with tls.secure_channel(_targets(tiers)[server], creds, expect=server) as ch:
         err = _health(ch)
     assert err is not None and err.code() is grpc.StatusCode.UNAVAILABLE
 
@@ -160,7 +161,7 @@ def test_certificate_from_another_ca_refused(tiers: Tiers, server: str) -> None:
     creds = tls.channel_credentials(
         other / f"{peer}.pem", other / f"{peer}.key", tiers.pki.ours / "ca.pem"
     )
-    with grpc.secure_channel(_targets(tiers)[server], creds) as ch:
+    with tls.secure_channel(_targets(tiers)[server], creds, expect=server) as ch:
         err = _health(ch)
     assert err is not None and err.code() is grpc.StatusCode.UNAVAILABLE
 
@@ -168,7 +169,7 @@ def test_certificate_from_another_ca_refused(tiers: Tiers, server: str) -> None:
 @pytest.mark.parametrize("server", ["engine", "gateway", "ledger"])
 def test_wrong_service_identity_refused(tiers: Tiers, server: str) -> None:
     creds = tls.client_credentials(tiers.pki.ours, WRONG_PEER[server])
-    with grpc.secure_channel(_targets(tiers)[server], creds) as ch:
+    with tls.secure_channel(_targets(tiers)[server], creds, expect=server) as ch:
         err = _health(ch)
     assert err is not None
     assert err.code() is grpc.StatusCode.PERMISSION_DENIED
@@ -178,7 +179,7 @@ def test_wrong_service_identity_refused(tiers: Tiers, server: str) -> None:
 @pytest.mark.parametrize("server", ["engine", "gateway", "ledger"])
 def test_allowed_peer_served(tiers: Tiers, server: str) -> None:
     creds = tls.client_credentials(tiers.pki.ours, RIGHT_PEER[server])
-    with grpc.secure_channel(_targets(tiers)[server], creds) as ch:
+    with tls.secure_channel(_targets(tiers)[server], creds, expect=server) as ch:
         assert _health(ch) is None
 
 
