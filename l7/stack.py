@@ -7,6 +7,7 @@ the same wiring.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -63,7 +64,15 @@ from ledger.remote import RemoteLedger
 from ledger.witness import WitnessProcess
 from ledger.witness_client import WitnessEndpoint
 
-__all__ = ["REPO_ROOT", "Stack", "StackConfig", "check_production_posture", "connect_ledger"]
+__all__ = [
+    "REPO_ROOT",
+    "Stack",
+    "StackConfig",
+    "check_production_posture",
+    "check_read_exposure",
+    "connect_ledger",
+    "is_loopback_addr",
+]
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -190,6 +199,31 @@ def check_production_posture(config: StackConfig) -> None:
         )
 
 
+def is_loopback_addr(addr: str) -> bool:
+    """``addr`` (host:port, [v6]:port or unix:path) binds this machine only."""
+    if addr.startswith("unix:"):
+        return True
+    host = addr.rsplit(":", 1)[0].strip("[]").lower()
+    if host in {"localhost", "::1"}:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_read_exposure(config: StackConfig) -> None:
+    """Without an identity provider nothing can tell one reader from another, so reads
+    (GetDecision, GetGrant, ...) would be open to anyone who reaches the port: such a
+    server binds loopback only. Refuse any other address, naming the fix."""
+    if config.verifier is None and not is_loopback_addr(config.addr):
+        raise ConfigError(
+            f"refusing to serve on {config.addr} without identity: decisions, grants and "
+            "payloads would be readable by anyone who reaches the port. Bind 127.0.0.1, or "
+            "start with --oidc-issuer so every read needs a token"
+        )
+
+
 class Stack:
     def __init__(self, config: StackConfig) -> None:
         self.config = config
@@ -234,6 +268,7 @@ class Stack:
     def start(self) -> Stack:
         cfg = self.config
         check_production_posture(cfg)
+        check_read_exposure(cfg)
         try:
             # The ledger first: the rollback floor is its (signed) policy.activated history.
             trust = load_trust(
@@ -339,6 +374,13 @@ class Stack:
                 tls=server_tls(cfg.cert_dir, "engine") if cfg.cert_dir else None,
             )
             self.server.start()
+            if cfg.verifier is None:
+                log.warning(
+                    "identity is off: reads (GetDecision, GetGrant, GetRestriction) are open "
+                    "to every local process on %s, unrecorded; start with --oidc-issuer to "
+                    "authorize and record them",
+                    self.target,
+                )
             service: GatewayService | None = None
             if cfg.gateway:
                 pub = grant_key.public_key()

@@ -152,6 +152,12 @@ def _witness_line(stack: Stack) -> str:
     return f"{n} configured" if n else "none (checkpoints are not cosigned)"
 
 
+_NO_IDENTITY = (
+    "none (dev: Decide unauthenticated, approvals refused; reads open to loopback "
+    "callers only, unrecorded)"
+)
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     from l7.secrets.envelope import Envelope
     from l7.secrets.refs import BaoSecretStore
@@ -189,7 +195,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         f"  policy bundle : {a.env} @ {rev}\n"
         f"  OPA           : {stack.opa.url if stack.opa else a.opa_url}\n"
         f"  ledger        : {a.ledger}\n"
-        f"  identity      : {a.oidc_issuer or 'none (Decide unauthenticated; approvals refused)'}\n"
+        f"  identity      : {a.oidc_issuer or _NO_IDENTITY}\n"
         f"  mTLS          : {a.tls_dir or 'off (plaintext loopback)'}\n"
         f"  grant key     : {stack.grant_public_key_path} (give it to l7 gateway serve)\n"
         f"  checkpoints   : {stack.checkpoint_vkey or 'signed by the ledger service'}\n"
