@@ -21,6 +21,7 @@ from l7.cli.authority import add_authority_commands
 from l7.cli.certs import add_certs_commands, add_tls_flag, tls_credentials, tls_dir
 from l7.cli.decision import add_replay_command
 from l7.cli.ledger_cmds import add_ledger_commands
+from l7.cli.tool_cmds import add_tool_commands
 from l7.cli.trust import add_trust_commands, add_trust_flags, signed_ledger, trust_from_args
 from l7.cli.witness_cmds import add_witness_commands
 from l7.engine.state import fold_decision
@@ -472,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ledger_commands(sub, ledger_flag)
     add_witness_commands(sub)
+    add_tool_commands(sub)
 
     sp = sub.add_parser("bundle", help="build, verify or promote signed policy bundles")
     bsub = sp.add_subparsers(dest="bundle_cmd", required=True, metavar="SUBCOMMAND")

@@ -12,8 +12,10 @@ Calling ``delete_file(p)`` asks the engine to decide; on ALLOW the gateway check
 consumes the grant, the function runs, and the execution is confirmed with a result
 summary. QUEUE/ESCALATE raise ``PendingAuthority`` (with the decision id; see
 ``Governed.resume``), DENY raises ``Denied``. The original function is kept only in a
-guarded form that refuses to run outside an authorized execution, so there is no
-direct path around the gateway.
+guarded form that refuses a plain call outside an authorized execution. This is a
+convenience that trusts its own process: code running in it can still reach the function
+(its closure, or the execution context set by hand). The boundary against such code is a
+tool in its own process (``l7.toolhost``, ``l7 tool serve``).
 """
 
 from __future__ import annotations
