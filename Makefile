@@ -12,7 +12,7 @@ OPA         := $(TOOLS)/opa
 export L7_OPA_BIN := $(OPA)
 export PATH := $(VENV)/bin:$(TOOLS):$(PATH)
 
-PROTOS      := proto/l7/v1/governance.proto proto/l7/v1/gateway.proto
+PROTOS      := proto/l7/v1/governance.proto proto/l7/v1/gateway.proto proto/l7/v1/toolhost.proto
 LEDGER_PROTOS := $(wildcard proto/l7/ledger/v1/*.proto)
 STUB_STAMP  := .build/stubs.stamp
 ENV         ?= local

@@ -66,7 +66,13 @@ from ledger.remote import RemoteLedger
 from ledger.witness import WitnessProcess
 from ledger.witness_client import WitnessEndpoint
 
-__all__ = ["REPO_ROOT", "Stack", "StackConfig", "check_production_posture", "connect_ledger"]
+__all__ = [
+    "REPO_ROOT",
+    "Stack",
+    "StackConfig",
+    "check_production_posture",
+    "connect_ledger",
+]
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -368,6 +374,13 @@ class Stack:
                 tls=server_tls(cfg.cert_dir, "engine") if cfg.cert_dir else None,
             )
             self.server.start()
+            if cfg.verifier is None:
+                log.warning(
+                    "identity is off: reads (GetDecision, GetGrant, GetRestriction) are open "
+                    "to every local process on %s, unrecorded; start with --oidc-issuer to "
+                    "authorize and record them",
+                    self.target,
+                )
             service: GatewayService | None = None
             if cfg.gateway:
                 pub = grant_key.public_key()

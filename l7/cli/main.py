@@ -21,6 +21,7 @@ from l7.cli.authority import add_authority_commands
 from l7.cli.certs import add_certs_commands, add_tls_flag, tls_credentials, tls_dir
 from l7.cli.decision import add_replay_command
 from l7.cli.ledger_cmds import add_ledger_commands
+from l7.cli.tool_cmds import add_tool_commands
 from l7.cli.trust import add_trust_commands, add_trust_flags, signed_ledger, trust_from_args
 from l7.cli.witness_cmds import add_witness_commands
 from l7.engine.state import fold_decision
@@ -157,6 +158,12 @@ def _witness_line(stack: Stack) -> str:
     return f"{n} configured" if n else "none (checkpoints are not cosigned)"
 
 
+_NO_IDENTITY = (
+    "none (dev: Decide unauthenticated, approvals refused; reads open to loopback "
+    "callers only, unrecorded)"
+)
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     from l7.secrets.envelope import Envelope
     from l7.secrets.refs import BaoSecretStore
@@ -196,7 +203,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         f"  policy bundle : {a.env} @ {rev}\n"
         f"  OPA           : {stack.opa.url if stack.opa else a.opa_url}\n"
         f"  ledger        : {a.ledger}\n"
-        f"  identity      : {a.oidc_issuer or 'none (Decide unauthenticated; approvals refused)'}\n"
+        f"  identity      : {a.oidc_issuer or _NO_IDENTITY}\n"
         f"  mTLS          : {a.tls_dir or 'off (plaintext loopback)'}\n"
         f"  grant key     : {stack.grant_public_key_path} (give it to l7 gateway serve)\n"
         f"  checkpoints   : {stack.checkpoint_vkey or 'signed by the ledger service'}\n"
@@ -554,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ledger_commands(sub, ledger_flag)
     add_witness_commands(sub)
+    add_tool_commands(sub)
 
     sp = sub.add_parser("bundle", help="build, verify or promote signed policy bundles")
     bsub = sp.add_subparsers(dest="bundle_cmd", required=True, metavar="SUBCOMMAND")

@@ -52,7 +52,13 @@ from l7.errors import (
 from l7.identity import Identity
 from ledger import DuplicateKey, EventType, LedgerError, NewEvent
 
-__all__ = ["AUTHORIZATION_EXPIRED", "POLICY_CHANGED", "AuthorityService", "requirement_progress"]
+__all__ = [
+    "AUTHORIZATION_EXPIRED",
+    "POLICY_CHANGED",
+    "AuthorityService",
+    "approval_scopes",
+    "requirement_progress",
+]
 
 log = logging.getLogger(__name__)
 _E = EventType
@@ -118,6 +124,10 @@ def _wanted_scopes(decision: Decision) -> tuple[str, ...]:
     a = decision.request.action
     domain = a.action_class.split(".", 1)[0]
     return (a.action_class, domain, a.target.type, f"{a.target.type}:{a.target.id}")
+
+
+approval_scopes = _wanted_scopes
+"""The scopes an approver's claims (or delegation) must cover to act on a decision."""
 
 
 class AuthorityService:

@@ -13,8 +13,11 @@ consumes the grant (for the ``environment`` this tool declares: the gateway must
 it), the function runs, and the execution is confirmed with a result summary and the
 confirmation token only this caller received from Authorize. QUEUE/ESCALATE raise
 ``PendingAuthority`` (with the decision id; see ``Governed.resume``), DENY raises
-``Denied``. The original function is kept only in a guarded form that refuses to run
-outside an authorized execution, so there is no direct path around the gateway.
+``Denied``. The original function is kept only in a guarded form that refuses a plain call
+outside an authorized execution. This is a convenience that trusts its own process: code
+running in it can still reach the function (its closure, or the execution context set by
+hand). The boundary against such code is a tool in its own process (``l7.toolhost``,
+``l7 tool serve``).
 """
 
 from __future__ import annotations

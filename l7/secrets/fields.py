@@ -123,6 +123,7 @@ RULES: Mapping[str, Mapping[str, Rule]] = MappingProxyType(
         },
         "l7.v1.RegisterKeyRequest": {"public_key": PUBLIC_KEY},
         "l7.v1.AuthorizeRequest": {"grant": GRANT},
+        "l7.v1.ToolCallRequest": {"grant": GRANT},
         "l7.v1.ConfirmExecutionRequest": {
             "decision_id": DECISION_ID,
             "execution_id": EXECUTION_ID,

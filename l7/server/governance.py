@@ -3,6 +3,12 @@
 Identity: every authority call, and Decide when an identity provider is
 configured, carries ``authorization: Bearer <OIDC JWT>``. The token is verified
 here, once per call, and the verified ``Identity`` is all the layers below see.
+
+Reads (GetDecision, ListPending, ListBreakGlass, GetGrant, GetRestriction) follow
+``l7.engine.reads`` when identity is on: a token, a basis to see each decision, the raw
+payload only where policy allows, and a ``ledger.accessed`` record of every read of
+another's decision before the answer. Without identity (dev), reads are answered to
+loopback peers only (the stack also refuses to bind anything else without identity).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from l7.domain import Decision, Status
 from l7.engine import Engine
 from l7.engine.authority import AuthorityService
 from l7.engine.breakglass import BreakGlassRequest, BreakGlassService
+from l7.engine.reads import Basis, ReadAccess, ReadView, payload_digest
 from l7.engine.validate import MAX_ID, MAX_REASON_TEXT, check_text, loads_json
 from l7.errors import ApprovalInvalid, Forbidden, GrantRefused, RequestInvalid, Unauthenticated
 from l7.gateway.grant import GrantIssuer
@@ -23,7 +30,7 @@ from l7.tls import check_cnf_binding, peer_cert_der, peer_spiffe_id
 from l7.v1 import governance_pb2 as pb
 from l7.v1 import governance_pb2_grpc as pb_grpc
 
-__all__ = ["GovernanceService", "bearer_token", "peer_host", "rate_key"]
+__all__ = ["GovernanceService", "bearer_token", "is_loopback_peer", "peer_host", "rate_key"]
 
 
 def bearer_token(context: grpc.ServicerContext) -> str | None:
@@ -48,6 +55,30 @@ def peer_host(context: grpc.ServicerContext) -> str:
     return peer
 
 
+def is_loopback_peer(context: grpc.ServicerContext) -> bool:
+    """The peer is this machine: 127.0.0.0/8, ::1 or a unix socket."""
+    host = peer_host(context)
+    return host.startswith(("ipv4:127.", "unix:")) or host == "ipv6:[::1]"
+
+
+def _shown(view: ReadView) -> pb.Decision:
+    """The decision as this reader may see it: the raw payload, or its digest only."""
+    msg = decision_to_proto(view.decision)
+    if view.payload:
+        msg.view = "full"
+    else:
+        msg.action.ClearField("payload")
+        msg.view = "summary"
+        msg.payload_sha256 = payload_digest(view.decision)
+    return msg
+
+
+def _full(d: Decision) -> pb.Decision:
+    msg = decision_to_proto(d)
+    msg.view = "full"
+    return msg
+
+
 def rate_key(context: grpc.ServicerContext, who: Identity | None) -> str:
     """The rate-limit key of a call, never a field of the request: the verified token
     subject when identity is on, else the mTLS identity, else the peer address."""
@@ -55,6 +86,9 @@ def rate_key(context: grpc.ServicerContext, who: Identity | None) -> str:
         return f"sub:{who.subject}"
     spiffe = peer_spiffe_id(context)
     return f"mtls:{spiffe}" if spiffe else f"peer:{peer_host(context)}"
+
+
+_ALL_PENDING = 1 << 30
 
 
 def _signed(msg: pb.SignedApproval, field: str, verdict: Verdict) -> SignedApproval:
@@ -87,6 +121,7 @@ class GovernanceService(pb_grpc.GovernanceServicer):
         self.verifier = verifier
         self.grants = grants
         self.breakglass = breakglass or BreakGlassService(engine)
+        self.reads = ReadAccess(authority)
 
     def _bg_info(self, d: Decision) -> pb.BreakGlassInfo:
         bg = d.breakglass
@@ -158,6 +193,7 @@ class GovernanceService(pb_grpc.GovernanceServicer):
     def GetRestriction(  # noqa: N802
         self, request: pb.GetRestrictionRequest, context: grpc.ServicerContext
     ) -> pb.RestrictionState:
+        self._reader(context)
         return self._restriction()
 
     def OpenEnvelope(  # noqa: N802
@@ -177,10 +213,17 @@ class GovernanceService(pb_grpc.GovernanceServicer):
     def ListBreakGlass(  # noqa: N802
         self, request: pb.ListBreakGlassRequest, context: grpc.ServicerContext
     ) -> pb.ListBreakGlassResponse:
-        self._identity(context)
-        return pb.ListBreakGlassResponse(
-            items=[self._bg_info(d) for d in self.breakglass.unreviewed()]
-        )
+        who = self._identity(context)
+        st = self.reads.standing(who)
+        # The opener sees its own, a possible reviewer (a different L4/L5) and an auditor
+        # all; the items carry no action payload, so the record says summary.
+        views = [
+            ReadView(v.decision, v.basis, payload=False)
+            for d in self.breakglass.unreviewed()
+            if (v := self.reads.view(st, d)) is not None
+        ]
+        self.reads.record(who, "ListBreakGlass", views)
+        return pb.ListBreakGlassResponse(items=[self._bg_info(v.decision) for v in views])
 
     def _grant_for(self, decision: Decision) -> str:
         if self.grants is None or decision.status is not Status.AUTHORIZED:
@@ -202,6 +245,20 @@ class GovernanceService(pb_grpc.GovernanceServicer):
         # A certificate-bound token (RFC 8705 cnf.x5t#S256) is only good over its own cert.
         check_cnf_binding(who.claims, peer_cert_der(context))
         return who
+
+    def _reader(self, context: grpc.ServicerContext) -> Identity | None:
+        """Who reads: the verified token when identity is on (required); None in dev mode
+        without identity, where only a loopback peer is answered."""
+        if self.verifier is not None:
+            return self._identity(context)
+        if not is_loopback_peer(context):
+            raise Forbidden(
+                f"this server has no identity provider, so reads are answered on loopback "
+                f"only, and {peer_host(context)} is not loopback; start the server with "
+                "--oidc-issuer to serve reads to other hosts",
+                reason="loopback_only",
+            )
+        return None
 
     def Decide(self, request: pb.DecideRequest, context: grpc.ServicerContext) -> pb.DecideResponse:  # noqa: N802
         # Rate limits first (cheapest refusal of a flood), keyed by what the caller cannot
@@ -228,7 +285,7 @@ class GovernanceService(pb_grpc.GovernanceServicer):
         decision, replayed = self.engine.decide(req, rate_key=key)
         self.authority.track(decision)
         return pb.DecideResponse(
-            decision=decision_to_proto(decision),
+            decision=_full(decision),
             replayed=replayed,
             grant=self._grant_for(decision),
         )
@@ -236,16 +293,15 @@ class GovernanceService(pb_grpc.GovernanceServicer):
     def GetGrant(  # noqa: N802
         self, request: pb.GetGrantRequest, context: grpc.ServicerContext
     ) -> pb.GetGrantResponse:
+        who = self._reader(context)  # authorization guard: a token, or loopback in dev
         if not request.decision_id:
             raise RequestInvalid("decision_id", "is required")
         d = self.authority.refresh(request.decision_id)
-        if self.verifier is not None:
-            who = self._identity(context)
-            if who.subject != d.request.context.actor.id:
-                raise Forbidden(
-                    f"only the requester ({d.request.context.actor.id}) may fetch the grant",
-                    reason="not_requester",
-                )
+        if who is not None and who.subject != d.request.context.actor.id:
+            raise Forbidden(
+                f"only the requester ({d.request.context.actor.id}) may fetch the grant",
+                reason="not_requester",
+            )
         if self.grants is None:
             raise GrantRefused(
                 "this engine issues no grants (no grant key)", reason="not_authorized"
@@ -258,11 +314,15 @@ class GovernanceService(pb_grpc.GovernanceServicer):
     def GetDecision(  # noqa: N802
         self, request: pb.GetDecisionRequest, context: grpc.ServicerContext
     ) -> pb.GetDecisionResponse:
+        who = self._reader(context)
         if not request.decision_id:
             raise RequestInvalid("decision_id", "is required")
-        return pb.GetDecisionResponse(
-            decision=decision_to_proto(self.authority.refresh(request.decision_id))
-        )
+        d = self.authority.refresh(request.decision_id)  # escalation changes who may see it
+        if who is None:
+            return pb.GetDecisionResponse(decision=_full(d))
+        view = self.reads.require(self.reads.standing(who), d)
+        self.reads.record(who, "GetDecision", [view])
+        return pb.GetDecisionResponse(decision=_shown(view))
 
     def Approve(  # noqa: N802
         self, request: pb.ApproveRequest, context: grpc.ServicerContext
@@ -272,9 +332,7 @@ class GovernanceService(pb_grpc.GovernanceServicer):
             raise RequestInvalid("decision_id", "is required")
         signed = _signed(request.approval, "approval", Verdict.APPROVE)
         d = self.authority.submit(who, request.decision_id, signed)
-        return pb.ApproveResponse(
-            decision=decision_to_proto(d), authorized=d.status is Status.AUTHORIZED
-        )
+        return pb.ApproveResponse(decision=_full(d), authorized=d.status is Status.AUTHORIZED)
 
     def Reject(self, request: pb.RejectRequest, context: grpc.ServicerContext) -> pb.RejectResponse:  # noqa: N802
         who = self._identity(context)
@@ -282,21 +340,31 @@ class GovernanceService(pb_grpc.GovernanceServicer):
             raise RequestInvalid("decision_id", "is required")
         signed = _signed(request.rejection, "rejection", Verdict.REJECT)
         d = self.authority.submit(who, request.decision_id, signed)
-        return pb.RejectResponse(decision=decision_to_proto(d))
+        return pb.RejectResponse(decision=_full(d))
 
     def Cancel(self, request: pb.CancelRequest, context: grpc.ServicerContext) -> pb.CancelResponse:  # noqa: N802
         who = self._identity(context)
         if not request.decision_id:
             raise RequestInvalid("decision_id", "is required")
         d = self.authority.cancel(who, request.decision_id, request.reason)
-        return pb.CancelResponse(decision=decision_to_proto(d))
+        return pb.CancelResponse(decision=_full(d))
 
     def ListPending(  # noqa: N802
         self, request: pb.ListPendingRequest, context: grpc.ServicerContext
     ) -> pb.ListPendingResponse:
-        self._identity(context)
-        ds = self.authority.pending(limit=request.limit or 100)
-        return pb.ListPendingResponse(decisions=[decision_to_proto(d) for d in ds])
+        who = self._identity(context)
+        limit = request.limit if request.limit > 0 else 100
+        st = self.reads.standing(who)
+        # Only what this caller could approve (an auditor: everything, as summaries); the
+        # requester's own pending decisions are not its to approve. Filter, then cut.
+        views = [
+            v
+            for d in self.authority.pending(limit=_ALL_PENDING)
+            if (v := self.reads.view(st, d)) is not None
+            and (v.basis is Basis.APPROVER or st.auditor)
+        ][:limit]
+        self.reads.record(who, "ListPending", views)
+        return pb.ListPendingResponse(decisions=[_shown(v) for v in views])
 
     def RegisterKey(  # noqa: N802
         self, request: pb.RegisterKeyRequest, context: grpc.ServicerContext
