@@ -31,6 +31,7 @@ from google.protobuf import struct_pb2
 
 from l7.client import GovernanceClient, RemoteError, _remote_error, decision_json
 from l7.errors import GatewayDegraded, GrantRefused, L7Error
+from l7.gateway.secret_scope import ACTOR_TOKEN_HEADER
 from l7.gateway.service import summarize_result
 from l7.server.convert import request_to_proto
 from l7.v1 import gateway_pb2 as gpb
@@ -125,19 +126,26 @@ class GatewayClient:
         self._stub = gpb_grpc.GatewayStub(self._channel)
         self.timeout_s = timeout_s
 
-    def _call(self, method: str, req: Any) -> Any:
+    def _call(
+        self, method: str, req: Any, metadata: tuple[tuple[str, str], ...] | None = None
+    ) -> Any:
         try:
-            return getattr(self._stub, method)(req, timeout=self.timeout_s)
+            return getattr(self._stub, method)(req, timeout=self.timeout_s, metadata=metadata)
         except grpc.RpcError as e:
             err = _remote_error(e)
             if err.reason in ("unavailable", "deadline_exceeded"):  # transport, not a refusal
                 raise GatewayDegraded(f"the gateway is unreachable: {err.message}") from None
             raise err from None
 
-    def authorize(self, grant: str, action: Mapping[str, Any]) -> gpb.AuthorizeResponse:
+    def authorize(
+        self, grant: str, action: Mapping[str, Any], *, actor_bao_token: str | None = None
+    ) -> gpb.AuthorizeResponse:
+        """``actor_bao_token``: the actor's own OpenBao token, needed when the action names
+        secret references (the gateway resolves them with the actor's capability only)."""
         req = request_to_proto({"action": dict(action)})
+        md = ((ACTOR_TOKEN_HEADER, actor_bao_token),) if actor_bao_token else None
         resp: gpb.AuthorizeResponse = self._call(
-            "Authorize", gpb.AuthorizeRequest(grant=grant, action=req.action)
+            "Authorize", gpb.AuthorizeRequest(grant=grant, action=req.action), metadata=md
         )
         return resp
 
@@ -222,9 +230,13 @@ class Governed:
         request_source: str = "l7.gateway.client",
         timeout_s: float = 10.0,
         credentials: grpc.ChannelCredentials | None = None,
+        bao_token: str | None = None,
     ) -> None:
         """``credentials``: the tool process's mTLS identity, presented to both the engine
-        and the gateway (``l7.tls.client_credentials(cert_dir, "tool")``)."""
+        and the gateway (``l7.tls.client_credentials(cert_dir, "tool")``). ``bao_token``:
+        the actor's own OpenBao token, with which the gateway checks that the actor may read
+        each secret reference before resolving it (never stored)."""
+        self._bao_token = bao_token
         self.engine = GovernanceClient(
             engine, token=token, timeout_s=timeout_s, credentials=credentials
         )
@@ -301,7 +313,7 @@ class Governed:
             raise GrantRefused(f"decision {did} was already executed", reason="grant_replayed")
         if d["status"] != "authorized" or not grant:
             raise Denied(did, d.get("reason_code", ""), list(d.get("reasons", [])))
-        ex = self.gateway.authorize(grant, action)
+        ex = self.gateway.authorize(grant, action, actor_bao_token=self._bao_token)
         with self._executing(ExecutionContext(did, ex.execution_id, dict(ex.secrets))):
             try:
                 result = tool._fn(*args, **kwargs)

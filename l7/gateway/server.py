@@ -9,6 +9,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from l7.engine.validate import struct_to_dict
 from l7.errors import ConfigError, RequestInvalid
+from l7.gateway.secret_scope import ACTOR_TOKEN_HEADER
 from l7.gateway.service import GatewayService
 from l7.server.convert import confirmation_to_proto
 from l7.server.interceptor import ErrorInterceptor
@@ -32,6 +33,15 @@ def _action_dict(a: pb.Action) -> dict[str, object]:
     return out
 
 
+def _actor_token(context: grpc.ServicerContext) -> str | None:
+    """The actor's own OpenBao token (``x-l7-actor-bao-token``), sent once or not at all."""
+    found = [v for k, v in context.invocation_metadata() or () if k == ACTOR_TOKEN_HEADER]
+    if len(found) > 1:
+        raise RequestInvalid(ACTOR_TOKEN_HEADER, "metadata key is sent more than once")
+    value = found[0] if found else None
+    return value.strip() or None if isinstance(value, str) else None
+
+
 class GatewayServicer(gpb_grpc.GatewayServicer):
     def __init__(self, service: GatewayService) -> None:
         self.service = service
@@ -43,7 +53,9 @@ class GatewayServicer(gpb_grpc.GatewayServicer):
             raise RequestInvalid("grant", "is required: a governed call needs an execution grant")
         if not request.HasField("action"):
             raise RequestInvalid("action", "is required: present the exact action to run")
-        ex = self.service.authorize(request.grant, _action_dict(request.action))
+        ex = self.service.authorize(
+            request.grant, _action_dict(request.action), actor_bao_token=_actor_token(context)
+        )
         return gpb.AuthorizeResponse(
             decision_id=ex.decision_id,
             execution_id=ex.execution_id,
