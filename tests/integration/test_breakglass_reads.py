@@ -14,6 +14,7 @@ import pytest
 from l7.identity.ledger_reader import OidcReadAuthorizer
 from ledger import EventType, NewEvent, SqlLedger
 from ledger.access import AccessDenied, BreakGlassRefused
+from ledger.checkpoint import Ed25519CheckpointSigner
 from ledger.remote import RemoteLedger
 from ledger.service import create_ledger_server
 from tests.conftest import request
@@ -36,7 +37,9 @@ class Service:
     def __init__(self, world: World, db: Path) -> None:
         assert world.stack.trust is not None
         self.world = world
-        self.ledger = SqlLedger(f"sqlite:///{db}")
+        self.ledger = SqlLedger(
+            f"sqlite:///{db}", checkpoint_signer=Ed25519CheckpointSigner.generate()
+        )
         self.server, port = create_ledger_server(
             "127.0.0.1:0",
             self.ledger,
@@ -192,3 +195,19 @@ def test_below_l4_the_header_is_refused_not_ignored(world: World, svc: Service) 
     info, _ = open_bg(world)
     with pytest.raises(AccessDenied, match="break-glass reads need L4"):
         svc.reader("mgr1", info["decision_id"]).get_stream(decided(world))
+
+
+def test_a_breakglass_export_covers_only_its_scope(world: World, svc: Service) -> None:
+    """Export is for auditors and security; under break-glass it, too, names only decisions
+    the break-glass covers (none named is everything, which is refused)."""
+    info, _ = open_bg(world)
+    in_scope, elsewhere = decided(world), decided(world, ("service", "ledger-api"))
+    sec1 = svc.reader("sec1", info["decision_id"])
+    assert refused(lambda: sec1.export(decision_ids=[in_scope, elsewhere])).why == (
+        "breakglass_out_of_scope"
+    )
+    assert refused(sec1.export).why == "breakglass_out_of_scope"
+    doc = sec1.export(decision_ids=[in_scope])
+    assert doc
+    (read,) = svc.breakglass_reads()
+    assert (read["rpc"], read["breakglass_id"]) == ("Export", info["decision_id"])
