@@ -7,14 +7,20 @@ verifier. The policy, per RPC (``access_for``):
 
     reader                  GetStream, Query            Export            Append, FindByUniqueKey
     ----------------------  --------------------------  ----------------  -----------------------
-    breakglass              raw, recorded (breakglass)  as its roles*     if writer
+    breakglass (names one)  raw, recorded (breakglass)  as its roles*     if writer
     auditor, security       raw, recorded               raw, recorded     if writer
     raw-reader              raw, recorded               refused           if writer
     writer                  raw, not recorded (SERVICE) refused           allowed
     any other               summary                     refused           refused
 
-    * a break-glass auditor's export is recorded with mode breakglass; the flag alone
+    * a break-glass auditor's export is recorded with mode breakglass; the claim alone
       grants no export. A reader with several roles gets the first row that applies.
+
+A break-glass reader names a break-glass (``x-l7-breakglass: <break-glass id>``); the
+service answers only when ``ledger.breakglass.require_breakglass`` proves it open, in its
+window, engine-signed, the caller's own and covering every decision read, else
+``BreakGlassRefused``; the read is recorded as ``ledger.accessed.breakglass`` with the
+break-glass id. Naming one is a claim: it never falls back to the reader's roles.
 
 A *recorded* read first appends one ``ledger.accessed`` event (``access_event``)
 to the reader's access stream ``ledger-access/<subject>`` and only then answers;
@@ -25,14 +31,15 @@ rebuild decision state on every call, so their reads are not recorded (every
 state change they make is already an event). Verify, Count, checkpoints and proofs
 carry no payloads: any authenticated reader may call them.
 
-Errors: ``AccessDenied`` (not authenticated, or not permitted) and
-``RequestInvalid`` (a malformed request), both ``LedgerError``.
+Errors: ``AccessDenied`` (not authenticated, or not permitted; ``BreakGlassRefused``, a
+break-glass the ledger cannot prove, says why) and ``RequestInvalid`` (a malformed
+request), all ``LedgerError``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Protocol
 
@@ -41,12 +48,14 @@ from ledger.interface import EventType, NewEvent
 
 __all__ = [
     "ACCESS_STREAM_PREFIX",
+    "BREAKGLASS_HEADER",
     "EXPORT_ROLES",
     "RAW_ROLES",
     "REASON_HEADER",
     "WRITER_ROLE",
     "AccessDenied",
     "AllowAll",
+    "BreakGlassRefused",
     "ReadAuthorizer",
     "ReadMode",
     "Reader",
@@ -62,6 +71,7 @@ WRITER_ROLE = "writer"
 RAW_ROLES = frozenset({"auditor", "security", "raw-reader"})
 EXPORT_ROLES = frozenset({"auditor", "security"})
 REASON_HEADER = "x-l7-reason"
+BREAKGLASS_HEADER = "x-l7-breakglass"
 ACCESS_STREAM_PREFIX = "ledger-access/"
 MAX_REASON_CHARS = 1000
 
@@ -72,6 +82,18 @@ class AccessDenied(LedgerError):
     def __init__(self, message: str, *, authenticated: bool = True) -> None:
         super().__init__(message)
         self.authenticated = authenticated
+
+
+class BreakGlassRefused(AccessDenied):
+    """A break-glass read the ledger cannot prove; ``why`` is machine-readable
+    (``breakglass_unknown``, ``breakglass_unsigned``, ``breakglass_not_caller``,
+    ``breakglass_closed``, ``breakglass_expired``, ``breakglass_out_of_scope``,
+    ``breakglass_unverifiable``), ``breakglass_id`` the one named."""
+
+    def __init__(self, why: str, breakglass_id: str, message: str) -> None:
+        super().__init__(f"break-glass read refused ({why}): {message}")
+        self.why = why
+        self.breakglass_id = breakglass_id
 
 
 class RequestInvalid(LedgerError):
@@ -88,7 +110,9 @@ class Reader:
 
     subject: str
     roles: frozenset[str] = field(default_factory=frozenset)
-    breakglass: bool = False
+    breakglass: str | None = None
+    """The break-glass the caller reads under (its id, from ``x-l7-breakglass``), or None.
+    A claim only: the service proves it from the ledger before any break-glass read."""
     tier: str | None = None
     """The writer's tier (``engine``, ``gateway``, ``ledger``) as its identity proves it:
     what it may append and sign (``ledger.attestation.authorize_batch``)."""
@@ -96,6 +120,10 @@ class Reader:
     def __post_init__(self) -> None:
         if not isinstance(self.subject, str) or not self.subject:
             raise AccessDenied("a ledger reader needs a non-empty subject", authenticated=False)
+        if self.breakglass is not None and (
+            not isinstance(self.breakglass, str) or not 0 < len(self.breakglass) <= 200
+        ):
+            raise RequestInvalid(BREAKGLASS_HEADER, "names one break-glass id (1..200 chars)")
 
 
 class ReadAuthorizer(Protocol):
@@ -125,7 +153,7 @@ class AllowAll:
         *,
         subject: str = "local",
         roles: Collection[str] = (WRITER_ROLE,),
-        breakglass: bool = False,
+        breakglass: str | None = None,
     ) -> None:
         self.reader = Reader(subject, frozenset(roles), breakglass)
 
@@ -134,7 +162,8 @@ class AllowAll:
 
 
 class StaticTokens:
-    """Bearer tokens mapped to readers (a test helper): ``authorization: Bearer <token>``."""
+    """Bearer tokens mapped to readers (a test helper): ``authorization: Bearer <token>``;
+    an ``x-l7-breakglass`` header is passed on as the reader's break-glass claim."""
 
     def __init__(self, tokens: Mapping[str, Reader]) -> None:
         self._tokens = dict(tokens)
@@ -150,7 +179,8 @@ class StaticTokens:
         reader = self._tokens.get(token.strip())
         if reader is None:
             raise AccessDenied("the bearer token is not known to the ledger", authenticated=False)
-        return reader
+        claim = metadata.get(BREAKGLASS_HEADER, "").strip()
+        return replace(reader, breakglass=claim) if claim else reader
 
 
 class ReadMode(str, Enum):
@@ -198,8 +228,8 @@ def access_for(reader: Reader, rpc: str, reason: str | None) -> ReadMode:
     """
     if rpc == "Export":
         require_role(reader, EXPORT_ROLES, "Export")
-        mode = ReadMode.BREAKGLASS if reader.breakglass else ReadMode.RAW
-    elif reader.breakglass:
+        mode = ReadMode.BREAKGLASS if reader.breakglass is not None else ReadMode.RAW
+    elif reader.breakglass is not None:
         mode = ReadMode.BREAKGLASS
     elif not reader.roles.isdisjoint(RAW_ROLES):
         mode = ReadMode.RAW
@@ -219,7 +249,8 @@ def access_event(
     reader: Reader, mode: ReadMode, rpc: str, what: Mapping[str, Any], reason: str
 ) -> NewEvent:
     """The event recording a raw read: who, what, why (time is ``at``). Break-glass reads
-    are ``ledger.accessed.breakglass``, routine raw reads ``ledger.accessed``."""
+    are ``ledger.accessed.breakglass`` naming the break-glass (``breakglass_id``, proven by
+    the service before this is written), routine raw reads ``ledger.accessed``."""
     if not mode.recorded:
         raise ValueError(f"a {mode.value} read is not recorded")
     kind = (
@@ -227,18 +258,23 @@ def access_event(
         if mode is ReadMode.BREAKGLASS
         else EventType.LEDGER_ACCESSED
     )
+    payload: dict[str, Any] = {
+        "mode": mode.value,
+        "breakglass": mode is ReadMode.BREAKGLASS,
+        "subject": reader.subject,
+        "roles": sorted(reader.roles),
+        "rpc": rpc,
+        "what": dict(what),
+        "reason": reason,
+    }
+    if mode is ReadMode.BREAKGLASS:
+        if reader.breakglass is None:
+            raise ValueError("a break-glass read names its break-glass")
+        payload["breakglass_id"] = reader.breakglass
     return NewEvent(
         decision_id=ACCESS_STREAM_PREFIX + reader.subject,
         event_type=kind,
         actor=reader.subject,
         policy_version="",
-        payload={
-            "mode": mode.value,
-            "breakglass": mode is ReadMode.BREAKGLASS,
-            "subject": reader.subject,
-            "roles": sorted(reader.roles),
-            "rpc": rpc,
-            "what": dict(what),
-            "reason": reason,
-        },
+        payload=payload,
     )

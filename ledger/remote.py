@@ -12,6 +12,7 @@ place (``_translate``), from the status's ``google.rpc.ErrorInfo``::
     integrity_violation                          -> IntegrityViolation(what, ...)
     proof_invalid                                -> ProofInvalid
     permission_denied                            -> AccessDenied
+    breakglass_* (a break-glass read refused)    -> BreakGlassRefused(why, breakglass_id)
     invalid_request                              -> RequestInvalid(field)
     rate_limited                                 -> ReadLimited(retry_after_s)
 
@@ -39,7 +40,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from ledger.access import AccessDenied, RequestInvalid
+from ledger.access import AccessDenied, BreakGlassRefused, RequestInvalid
 from ledger.audit import AuditReport
 from ledger.canonical import canonical_body
 from ledger.checkpoint import Checkpoint
@@ -280,6 +281,12 @@ class RemoteLedger:
             return AccessDenied(
                 f"the ledger service refused {method}: {message}",
                 authenticated=code != grpc.StatusCode.UNAUTHENTICATED,
+            )
+        if reason.startswith("breakglass_") and code == grpc.StatusCode.PERMISSION_DENIED:
+            return BreakGlassRefused(
+                reason,
+                meta.get("breakglass_id", ""),
+                f"the ledger service refused {method}: {message}",
             )
         if reason == "invalid_request":
             field = meta.get("field", "request")

@@ -10,6 +10,8 @@ the one place where the ledger error tree becomes gRPC statuses with a
     InvalidEvent        INVALID_ARGUMENT     invalid_event
     IntegrityViolation  DATA_LOSS            integrity_violation  {what, decision_id, ...}
     ProofInvalid        FAILED_PRECONDITION  proof_invalid
+    BreakGlassRefused   PERMISSION_DENIED    <its why>            {breakglass_id}
+                                             (breakglass_expired, breakglass_out_of_scope, ...)
     AccessDenied        PERMISSION_DENIED    permission_denied    (UNAUTHENTICATED if not
                                                                    authenticated)
     RequestInvalid      INVALID_ARGUMENT     invalid_request      {field}
@@ -31,6 +33,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
@@ -52,6 +55,7 @@ from ledger.access import (
     WRITER_ROLE,
     AccessDenied,
     AllowAll,
+    BreakGlassRefused,
     ReadAuthorizer,
     Reader,
     ReadMode,
@@ -62,6 +66,7 @@ from ledger.access import (
     require_role,
 )
 from ledger.attestation import Tier, TierKeys, authorize_batch
+from ledger.breakglass import require_breakglass
 from ledger.checkpoint import Checkpoint, Ed25519CheckpointSigner, parse_json_strict
 from ledger.errors import (
     DuplicateKey,
@@ -115,6 +120,7 @@ _CODES: list[tuple[type[LedgerError], int, str]] = [
     (InvalidEvent, code_pb2.INVALID_ARGUMENT, "invalid_event"),
     (IntegrityViolation, code_pb2.DATA_LOSS, "integrity_violation"),
     (ProofInvalid, code_pb2.FAILED_PRECONDITION, "proof_invalid"),
+    (BreakGlassRefused, code_pb2.PERMISSION_DENIED, "breakglass_refused"),
     (AccessDenied, code_pb2.PERMISSION_DENIED, "permission_denied"),
     (RequestInvalid, code_pb2.INVALID_ARGUMENT, "invalid_request"),
     (ReadLimited, code_pb2.RESOURCE_EXHAUSTED, "rate_limited"),
@@ -158,6 +164,9 @@ def status_for(err: LedgerError) -> status_pb2.Status | None:
         meta["field"] = err.field
     elif isinstance(err, ReadLimited):
         meta["retry_after_s"] = f"{err.retry_after_s:.0f}"
+    elif isinstance(err, BreakGlassRefused):
+        reason = err.why
+        meta["breakglass_id"] = err.breakglass_id
     elif isinstance(err, AccessDenied) and not err.authenticated:
         code = code_pb2.UNAUTHENTICATED
     return _status(code, str(err), reason, meta)
@@ -315,6 +324,18 @@ def _request_invalid(err: ValueError, fields: Sequence[str]) -> RequestInvalid:
 _VIEW = {False: pb.VIEW_SUMMARY, True: pb.VIEW_RAW}
 
 
+def _decisions_read(rpc: str, what: Mapping[str, Any]) -> list[str]:
+    """The decision streams a recorded read returns, from its record (``what``): GetStream
+    and Export name them; a Query only through its decision_id filter (else none: a
+    break-glass Query of everything is refused)."""
+    if rpc == "Query":
+        q = what.get("query")
+        d = q.get("decision_id") if isinstance(q, Mapping) else None
+        return [d] if isinstance(d, str) and d else []
+    ids = what.get("decision_ids")
+    return [str(i) for i in ids] if isinstance(ids, list) else []
+
+
 # -- the servicer -----------------------------------------------------------------------------
 
 
@@ -328,14 +349,17 @@ class LedgerServicer(pb_grpc.LedgerServicer):
         *,
         tier_keys: TierKeys | None = None,
         verify_budget: ReadBudget | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.ledger = ledger
         self.authorizer = authorizer
         self.tier_keys = tier_keys
         """Pinned tier keys: with them, a writer appends only event types its tier owns,
-        each stream attested by its own tier (``ledger.attestation.authorize_batch``)."""
+        each stream attested by its own tier (``ledger.attestation.authorize_batch``); a
+        break-glass read is answered only with them (``ledger.breakglass``)."""
         self.verify_budget = verify_budget or ReadBudget()
         """Full-log verifications per caller and at once (``ledger._readlimit``)."""
+        self._clock = clock
         self._cp_lock = threading.Lock()
         self._latest_cp: Checkpoint | None = None
         self._cp_loaded = False
@@ -349,12 +373,29 @@ class LedgerServicer(pb_grpc.LedgerServicer):
     def _record(
         self, reader: Reader, mode: ReadMode, rpc: str, what: Mapping[str, Any], reason: str | None
     ) -> None:
-        """Append the ledger.accessed event BEFORE answering; no record, no answer."""
+        """Append the ledger.accessed event BEFORE answering; no record, no answer. A
+        break-glass read is first proven against the ledger (``_require_breakglass``)."""
         if not mode.recorded:
             return
         if reason is None:  # pragma: no cover - access_for refuses a recorded read without one
             raise AccessDenied(f"a {mode.value} read needs a reason")
+        if mode is ReadMode.BREAKGLASS:
+            self._require_breakglass(reader, _decisions_read(rpc, what))
         self.ledger.append([access_event(reader, mode, rpc, what, reason)])
+
+    def _require_breakglass(self, reader: Reader, decision_ids: Sequence[str]) -> None:
+        """The break-glass the reader names is open, in its window, engine-signed, its own
+        and covers ``decision_ids``; else BreakGlassRefused (``ledger.breakglass``)."""
+        if reader.breakglass is None:  # pragma: no cover - access_for gives no such mode
+            raise AccessDenied("a break-glass read names its break-glass")
+        require_breakglass(
+            reader.breakglass,
+            reader.subject,
+            decision_ids,
+            read_stream=self.ledger.get_stream,
+            tier_keys=self.tier_keys,
+            now=self._clock(),
+        )
 
     def _seen(self, cps: Sequence[Checkpoint]) -> None:
         """Remember the newest checkpoint for the confirmations' checkpoint reference."""
@@ -660,13 +701,15 @@ def create_ledger_server(
     credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     tier_keys: TierKeys | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> tuple[grpc.Server, int]:
     """A not-yet-started server bound to ``addr`` (port 0 picks a free port).
 
     Pass ``health_servicer`` to keep a handle on it (``serve`` uses it to report
     NOT_SERVING before a graceful stop). ``credentials`` make it a TLS port (mTLS when
     they require client certificates); ``interceptors`` run before the error mapping
-    (a peer allowlist goes there); ``tier_keys`` turn on per-tier Append authorization.
+    (a peer allowlist goes there); ``tier_keys`` turn on per-tier Append authorization and
+    break-glass reads; ``clock`` (unix seconds) judges break-glass windows.
     Raises ValueError if ``addr`` cannot be bound.
     """
     server = grpc.server(
@@ -678,7 +721,7 @@ def create_ledger_server(
         ],
     )
     pb_grpc.add_LedgerServicer_to_server(
-        LedgerServicer(ledger, authorizer, tier_keys=tier_keys), server
+        LedgerServicer(ledger, authorizer, tier_keys=tier_keys, clock=clock), server
     )
     hs = health_servicer or health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)

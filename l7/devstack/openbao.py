@@ -345,6 +345,16 @@ class OpenBaoDev:
         data: dict[str, Any] = self.client.adapter.get(f"/v1/identity/entity/name/{name}")["data"]
         return str(data["id"])
 
+    def grant_read(self, name: str, policy: str, paths: Sequence[str]) -> None:
+        """An ACL policy ``policy`` reading ``paths``, attached to user ``name``'s entity:
+        the user's own OpenBao capability (what the gateway's ``check_access`` asks)."""
+        hcl = "\n".join(f'path "{p}" {{ capabilities = ["read"] }}' for p in paths)
+        self.client.sys.create_or_update_policy(name=policy, policy=hcl)
+        api = self.client.adapter
+        entity = api.get(f"/v1/identity/entity/name/{name}")["data"]
+        policies = sorted({*(entity.get("policies") or []), policy})
+        api.post(f"/v1/identity/entity/id/{entity['id']}", json={"policies": policies})
+
     def user_token(self, name: str) -> str:
         """The user's own Vault token (userpass login), cached."""
         if name not in self._user_tokens:

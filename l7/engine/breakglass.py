@@ -52,6 +52,22 @@ class BreakGlassRequest:
     environment: str = "production"
 
 
+def _secret_scope(result: dict[str, object]) -> dict[str, list[str]]:
+    """Where the grant may resolve secret references, as policy said (signed with the
+    override.breakglass; the gateway holds the grant to it): ``prefixes`` in all, of which
+    ``widened`` are beyond the opener's roles' own."""
+    out: dict[str, list[str]] = {}
+    for key, name in (
+        ("secret_ref_prefixes", "prefixes"),
+        ("widened_secret_ref_prefixes", "widened"),
+    ):
+        value = result.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+            raise PolicyStoreDegraded(f"policy data.l7.breakglass.result.{key} is malformed")
+        out[name] = sorted(value)
+    return out
+
+
 class BreakGlassService:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -75,7 +91,11 @@ class BreakGlassService:
     def open(self, identity: Identity, req: BreakGlassRequest) -> Decision:
         now = self._now()
         policy_input = {
-            "actor": {"id": identity.subject, "level": identity.level},
+            "actor": {
+                "id": identity.subject,
+                "level": identity.level,
+                "roles": list(identity.roles),
+            },
             "reason": {"incident_id": req.incident_id, "category": req.category, "text": req.text},
             "ttl_s": req.ttl_s,
             "scope": {
@@ -94,6 +114,7 @@ class BreakGlassService:
                 reason="breakglass_refused",
             )
         ttl, review_within = int(result["ttl_s"]), int(result["review_within_s"])
+        secret_scope = _secret_scope(result)
         decision_id = str(uuid.uuid4())
         request = DecisionRequest(
             Action(
@@ -150,6 +171,7 @@ class BreakGlassService:
                         "action_class": req.action_class,
                         "target": {"type": req.target_type, "id": req.target_id},
                     },
+                    "secret_scope": secret_scope,
                 },
             ),
         ]

@@ -33,7 +33,7 @@ from l7.errors import (
     PolicyStoreDegraded,
     RequestInvalid,
 )
-from l7.secrets.envelope import Envelope
+from l7.secrets.envelope import Envelope, EnvelopeForged, field_context, looks_sealed
 from l7.secrets.interface import SecretInPayload, SecretRef, SecretsDegraded, SecretStore
 from l7.secrets.refs import secret_refs
 from l7.secrets.scanner import redact, scan
@@ -161,15 +161,24 @@ class Engine:
         """Anything but an explicit "redact" from policy means refuse."""
         return "redact" if self.secrets_config().get("on_secret") == "redact" else "refuse"
 
-    def _seal_envelopes(self, request: DecisionRequest) -> DecisionRequest:
+    def _refuse_forged_envelopes(self, request: DecisionRequest) -> None:
+        """An envelope field that already looks sealed was not sealed by this engine for
+        this decision (it seals after the decision id exists): refused, never recorded."""
+        fields = self.secrets_config().get("envelope_fields", [])
+        for k, v in request.action.payload.items():
+            if k in fields and looks_sealed(v):
+                raise EnvelopeForged(
+                    f"action.payload.{k}",
+                    "looks like transit ciphertext; envelope fields are sealed by the engine "
+                    "for their decision, so send the plaintext (it never reaches the ledger)",
+                )
+
+    def _seal_envelopes(self, request: DecisionRequest, decision_id: str) -> DecisionRequest:
         """Fields policy names in ``envelope_fields`` enter the ledger only as OpenBao
-        transit ciphertext, bound to their field path."""
+        transit ciphertext, bound to this decision and their field path."""
         fields = self.secrets_config().get("envelope_fields", [])
         payload = dict(request.action.payload)
-        todo = [
-            k for k in payload if k in fields and isinstance(payload[k], str)
-            and not payload[k].startswith("vault:v")
-        ]  # fmt: skip
+        todo = [k for k in payload if k in fields and isinstance(payload[k], str)]
         if not todo:
             return request
         if self.envelope is None:
@@ -178,7 +187,9 @@ class Engine:
                 "key configured; refusing to record them in clear"
             )
         for k in todo:
-            payload[k] = self.envelope.seal(payload[k].encode(), context=f"action.payload.{k}")
+            payload[k] = self.envelope.seal(
+                payload[k].encode(), context=field_context(decision_id, f"action.payload.{k}")
+            )
         return replace(request, action=replace(request.action, payload=payload))
 
     def screen(self, request: DecisionRequest) -> DecisionRequest:
@@ -194,13 +205,16 @@ class Engine:
             *scan(request.idempotency_key, "idempotency_key", "idempotency_key"),
         ]
         if not findings:
-            return self._seal_envelopes(request)
+            self._refuse_forged_envelopes(request)
+            return request
         if self._secrets_mode() != "redact" or any(
             not f.path.startswith("action.payload") for f in findings
         ):
             raise SecretInPayload(findings[0].path, findings[0].kind)
         clean, _ = redact(dict(request.action.payload))
-        return self._seal_envelopes(replace(request, action=replace(request.action, payload=clean)))
+        request = replace(request, action=replace(request.action, payload=clean))
+        self._refuse_forged_envelopes(request)
+        return request
 
     def decide(
         self, request: DecisionRequest, *, rate_key: str | None = None
@@ -236,6 +250,7 @@ class Engine:
 
     def _decide_new(self, request: DecisionRequest) -> Decision:
         decision_id = DecisionId(str(uuid.uuid4()))
+        request = self._seal_envelopes(request, decision_id)  # bound to this decision
         now = self.clock()
         created_at = now.isoformat().replace("+00:00", "Z")
         judgement, reason_code, reasons, policy_input = self._judge(decision_id, request)
@@ -345,7 +360,10 @@ class Engine:
         allowed = tuple(self.secrets_config().get("decrypt_roles", []))
         role = next((r for r in roles if r in allowed), "")
         plaintext = self.envelope.open(
-            value, context=f"action.payload.{field}", role=role, allowed_roles=allowed
+            value,
+            context=field_context(decision_id, f"action.payload.{field}"),
+            role=role,
+            allowed_roles=allowed,
         )
         try:
             self.ledger.append(

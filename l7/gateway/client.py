@@ -35,6 +35,7 @@ from google.protobuf import struct_pb2
 
 from l7.client import GovernanceClient, RemoteError, _remote_error, decision_json
 from l7.errors import GatewayDegraded, GrantRefused, L7Error
+from l7.gateway.secret_scope import ACTOR_TOKEN_HEADER
 from l7.gateway.service import summarize_result
 from l7.server.convert import request_to_proto
 from l7.tls import secure_channel
@@ -130,9 +131,11 @@ class GatewayClient:
         self._stub = gpb_grpc.GatewayStub(self._channel)
         self.timeout_s = timeout_s
 
-    def _call(self, method: str, req: Any) -> Any:
+    def _call(
+        self, method: str, req: Any, metadata: tuple[tuple[str, str], ...] | None = None
+    ) -> Any:
         try:
-            return getattr(self._stub, method)(req, timeout=self.timeout_s)
+            return getattr(self._stub, method)(req, timeout=self.timeout_s, metadata=metadata)
         except grpc.RpcError as e:
             err = _remote_error(e)
             if err.reason in ("unavailable", "deadline_exceeded"):  # transport, not a refusal
@@ -140,14 +143,23 @@ class GatewayClient:
             raise err from None
 
     def authorize(
-        self, grant: str, action: Mapping[str, Any], *, environment: str
+        self,
+        grant: str,
+        action: Mapping[str, Any],
+        *,
+        environment: str,
+        actor_bao_token: str | None = None,
     ) -> gpb.AuthorizeResponse:
         """``environment``: where the action runs ("" is production); the response carries
-        the confirmation token ``confirm`` needs."""
+        the confirmation token ``confirm`` needs. ``actor_bao_token``: the actor's own
+        OpenBao token, needed when the action names secret references (the gateway resolves
+        them with the actor's capability only)."""
         req = request_to_proto({"action": dict(action)})
+        md = ((ACTOR_TOKEN_HEADER, actor_bao_token),) if actor_bao_token else None
         resp: gpb.AuthorizeResponse = self._call(
             "Authorize",
             gpb.AuthorizeRequest(grant=grant, action=req.action, environment=environment),
+            metadata=md,
         )
         return resp
 
@@ -241,12 +253,16 @@ class Governed:
         request_source: str = "l7.gateway.client",
         timeout_s: float = 10.0,
         credentials: grpc.ChannelCredentials | None = None,
+        bao_token: str | None = None,
     ) -> None:
         """``environment``: where these tools act (dev, staging, production; anything else
         is production). Decisions are judged for it, grants bind it, and only a gateway
         guarding it runs them. ``credentials``: the tool process's mTLS identity,
         presented to both the engine and the gateway
-        (``l7.tls.client_credentials(cert_dir, "tool")``)."""
+        (``l7.tls.client_credentials(cert_dir, "tool")``). ``bao_token``: the actor's own
+        OpenBao token, with which the gateway checks that the actor may read each secret
+        reference before resolving it (never stored)."""
+        self._bao_token = bao_token
         self.engine = GovernanceClient(
             engine, token=token, timeout_s=timeout_s, credentials=credentials
         )
@@ -323,7 +339,9 @@ class Governed:
             raise GrantRefused(f"decision {did} was already executed", reason="grant_replayed")
         if d["status"] != "authorized" or not grant:
             raise Denied(did, d.get("reason_code", ""), list(d.get("reasons", [])))
-        ex = self.gateway.authorize(grant, action, environment=self.environment)
+        ex = self.gateway.authorize(
+            grant, action, environment=self.environment, actor_bao_token=self._bao_token
+        )
         token = ex.confirmation_token
         with self._executing(ExecutionContext(did, ex.execution_id, dict(ex.secrets))):
             try:

@@ -10,6 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from l7.crypto import sha256_hex
 from l7.engine.validate import check_text, struct_to_dict
 from l7.errors import ConfigError, RequestInvalid
+from l7.gateway.secret_scope import ACTOR_TOKEN_HEADER
 from l7.gateway.service import GatewayService
 from l7.server.convert import confirmation_to_proto
 from l7.server.governance import peer_host
@@ -45,6 +46,15 @@ def _action_dict(a: pb.Action) -> dict[str, object]:
     return out
 
 
+def _actor_token(context: grpc.ServicerContext) -> str | None:
+    """The actor's own OpenBao token (``x-l7-actor-bao-token``), sent once or not at all."""
+    found = [v for k, v in context.invocation_metadata() or () if k == ACTOR_TOKEN_HEADER]
+    if len(found) > 1:
+        raise RequestInvalid(ACTOR_TOKEN_HEADER, "metadata key is sent more than once")
+    value = found[0] if found else None
+    return value.strip() or None if isinstance(value, str) else None
+
+
 class GatewayServicer(gpb_grpc.GatewayServicer):
     def __init__(self, service: GatewayService) -> None:
         self.service = service
@@ -62,6 +72,7 @@ class GatewayServicer(gpb_grpc.GatewayServicer):
             _action_dict(request.action),
             request.environment,
             caller_of(context),
+            actor_bao_token=_actor_token(context),
         )
         return gpb.AuthorizeResponse(
             decision_id=ex.decision_id,

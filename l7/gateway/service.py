@@ -36,12 +36,35 @@ from l7.crypto import canonical, intent_hash, scope_hash, sha256_hex
 from l7.domain import KNOWN_ENVIRONMENTS, Decision, Status, effective_environment
 from l7.engine.restriction import Restriction
 from l7.engine.state import fold_decision
-from l7.errors import ConfigError, GrantRefused, L7Error, LedgerDegraded, RequestInvalid
+from l7.errors import (
+    ConfigError,
+    Forbidden,
+    GrantRefused,
+    L7Error,
+    LedgerDegraded,
+    RequestInvalid,
+)
 from l7.gateway.grant import GrantVerifier
+from l7.gateway.secret_scope import (
+    ACTOR_TOKEN_HEADER,
+    resolution_event,
+    resolved_refs,
+    scope_of,
+    scrub,
+)
 from l7.policy.activation import ledger_activations
-from l7.secrets.interface import SecretsDegraded, SecretStore
+from l7.secrets.interface import SecretRef, SecretsDegraded, SecretStore
 from l7.secrets.refs import secret_refs
-from ledger import Confirmation, DuplicateKey, EventType, LedgerClient, LedgerError, NewEvent
+from l7.secrets.scanner import redact
+from ledger import (
+    Confirmation,
+    DuplicateKey,
+    EventType,
+    LedgerClient,
+    LedgerError,
+    NewEvent,
+    StoredEvent,
+)
 
 __all__ = [
     "CONFIRMATION_TOKEN_PREFIX",
@@ -165,7 +188,13 @@ class GatewayService:
         return history[-1].revision
 
     def authorize(
-        self, token: str, action: Mapping[str, Any], environment: str = "", caller: str = ""
+        self,
+        token: str,
+        action: Mapping[str, Any],
+        environment: str = "",
+        caller: str = "",
+        *,
+        actor_bao_token: str | None = None,
     ) -> Execution:
         """``environment`` as the tool declares it (missing: production); ``caller`` who is
         calling, as the transport proves it (certificate thumbprint, else peer address)."""
@@ -252,7 +281,7 @@ class GatewayService:
                     "engine for a new grant (GetGrant re-judges it under the active policy)",
                     reason="policy_changed",
                 )
-        resolved = self._resolve(action)  # before consuming: no secret, no execution
+        resolved = self._resolve(d, action, actor_bao_token)  # before consuming: no secret
         confirmation = CONFIRMATION_TOKEN_PREFIX + _secrets.token_urlsafe(32)
         event = NewEvent(  # 5
             d.decision_id,
@@ -285,7 +314,11 @@ class GatewayService:
             ) from e
         return Execution(d.decision_id, grant.jti, conf, confirmation, resolved)
 
-    def _resolve(self, action: Mapping[str, Any]) -> dict[str, str]:
+    def _resolve(
+        self, d: Decision, action: Mapping[str, Any], actor_bao_token: str | None
+    ) -> dict[str, str]:
+        """The values of the action's secret references, each in scope, for the actor's
+        own token, recorded before any leaves (``l7.gateway.secret_scope``)."""
         refs = secret_refs(action.get("payload") or {})
         if not refs:
             return {}
@@ -294,7 +327,79 @@ class GatewayService:
                 "the action uses secret references but this gateway has no secret store "
                 "configured (l7 gateway serve --bao-addr); nothing runs"
             )
-        return {str(r): self.secrets.resolve(r) for r in refs}
+        scope = scope_of(d, self._stream(d.decision_id) if d.breakglass is not None else [])
+        widened: dict[str, bool] = {}
+        for ref in refs:
+            try:
+                widened[str(ref)] = scope.check(ref)
+                self._actor_may_read(d, ref, actor_bao_token)
+            except (GrantRefused, Forbidden) as e:
+                self._record_resolutions(
+                    [resolution_event(d, ref, allowed=False, reason=e.reason,
+                                      widened=False, gateway_id=self.gateway_id)]
+                )  # fmt: skip
+                raise
+        values = {str(r): self.secrets.resolve(r) for r in refs}
+        self._record_resolutions(
+            [
+                resolution_event(d, r, allowed=True, reason="", widened=widened[str(r)],
+                                 gateway_id=self.gateway_id)
+                for r in refs
+            ]
+        )  # fmt: skip
+        return values
+
+    def _screen_result(self, d: Decision, result: Mapping[str, Any]) -> dict[str, Any]:
+        """A result fit for the ledger: summarized, credential shapes redacted at every
+        depth (the request scanner), and every value this decision's execution resolved
+        replaced by ``[redacted:resolved_secret]`` wherever it appears: the gateway reads
+        them again by the references it recorded, so a tool that returns a secret it was
+        handed never puts it in the ledger."""
+        clean, _ = redact(summarize_result(result), "result")
+        refs = resolved_refs(self._stream(d.decision_id))
+        if not refs:
+            return dict(clean)
+        if self.secrets is None:
+            raise SecretsDegraded(
+                "this execution resolved secrets but the gateway has no secret store to screen "
+                "its result against; nothing is recorded"
+            )
+        values = {self.secrets.resolve(r) for r in refs}
+        return dict(scrub(clean, values))
+
+    def _stream(self, decision_id: str) -> list[StoredEvent]:
+        try:
+            return list(self.ledger.get_stream(decision_id))
+        except LedgerError as e:
+            raise LedgerDegraded(f"the gateway cannot read the ledger: {e}; nothing runs") from e
+
+    def _actor_may_read(self, d: Decision, ref: SecretRef, token: str | None) -> None:
+        """The token presented is the decision actor's own, and it may read ``ref``."""
+        assert self.secrets is not None
+        actor = d.request.context.actor.id
+        if not token:
+            raise Forbidden(
+                f"{ref} is read with the actor's own OpenBao capability: send {actor}'s "
+                f"OpenBao token as '{ACTOR_TOKEN_HEADER}' metadata",
+                reason="secret_forbidden",
+            )
+        subject = self.secrets.token_subject(token)
+        if subject != actor:
+            raise Forbidden(
+                f"the OpenBao token presented belongs to {subject}; decision {d.decision_id} "
+                f"is {actor}'s, and only {actor}'s own capability resolves its references",
+                reason="secret_forbidden",
+            )
+        self.secrets.check_access(ref, token)
+
+    def _record_resolutions(self, events: list[NewEvent]) -> None:
+        """No record, no secret: a resolution the ledger did not confirm returns nothing."""
+        try:
+            self.ledger.append(events)
+        except LedgerError as e:
+            raise LedgerDegraded(
+                f"the ledger did not confirm the secret resolution record: {e}; nothing runs"
+            ) from e
 
     def confirm(  # noqa: PLR0917
         self,
@@ -346,7 +451,7 @@ class GatewayService:
                 "status": Status.EXECUTED.value,
                 "execution_id": execution_id,
                 "succeeded": succeeded,
-                "result": summarize_result(result),
+                "result": self._screen_result(d, result),
                 "confirmed_at": int(self._clock()),
             },
             unique_key=f"confirmed:{decision_id}",

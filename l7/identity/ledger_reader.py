@@ -4,8 +4,10 @@ The ledger package knows nothing of OIDC; it asks a ``ReadAuthorizer``. This one
 verifies the caller's bearer token with the same verifier as the Governance API
 and hands the ledger the subject and roles (``writer`` for engines and gateways,
 ``auditor`` / ``security`` / ``raw-reader`` for raw reads). A break-glass read is
-declared with ``x-l7-breakglass: <decision id>`` by an L4+ identity and is recorded
-by the ledger as its own kind of access.
+declared with ``x-l7-breakglass: <break-glass id>`` (the decision id BreakGlass
+returned) by an L4+ identity; below L4 the header is refused, not ignored. The claim is
+only passed on: the ledger proves the break-glass from its own signed record
+(``ledger.breakglass``) and records the read as ``ledger.accessed.breakglass``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from l7.errors import Forbidden, IdentityDegraded, Unauthenticated
 from l7.identity.interface import TokenVerifier
 from l7.tls import check_cnf_binding, spiffe_id, spiffe_id_of
 from ledger import LedgerUnavailable
-from ledger.access import AccessDenied, Reader
+from ledger.access import BREAKGLASS_HEADER, AccessDenied, Reader
 
 __all__ = ["OidcReadAuthorizer"]
 
@@ -44,7 +46,12 @@ class OidcReadAuthorizer:
             check_cnf_binding(who.claims, peer_cert_der)
         except Forbidden as e:
             raise AccessDenied(str(e), authenticated=False) from e
-        breakglass = bool(metadata.get("x-l7-breakglass")) and who.level >= BREAKGLASS_MIN_LEVEL
+        breakglass = metadata.get(BREAKGLASS_HEADER, "").strip() or None
+        if breakglass is not None and who.level < BREAKGLASS_MIN_LEVEL:
+            raise AccessDenied(
+                f"{BREAKGLASS_HEADER}: break-glass reads need L{BREAKGLASS_MIN_LEVEL}+; "
+                f"{who.subject} is L{who.level}. Drop the header to read as your roles allow"
+            )
         return Reader(
             subject=who.subject,
             roles=frozenset(who.roles),

@@ -5,10 +5,15 @@ Built from policy data::
     {"mode": "refuse",                      # or "drop"; absent means "refuse"
      "event_types": {"decision.created": ["status", "request", ...], ...}}
 
-``apply(event_type, payload)`` checks the payload's top-level keys. An event type with no
-list is refused in both modes (fail closed: a new event type needs a policy change). In
-``refuse`` mode a key not on the list raises ``RequestInvalid("ledger.<type>.<key>", ...)``;
-in ``drop`` mode it is removed and returned, so the caller can record that it was.
+``apply(event_type, payload)`` checks the payload's top-level keys, then screens every
+object below an allowed key, at every depth, with the request scanner
+(``l7.secrets.scanner``: credential shapes, and secret-named keys holding anything but a
+reference, digest or ciphertext). An event type with no list is refused in both modes
+(fail closed: a new event type needs a policy change). In ``refuse`` mode a key not on the
+list raises ``RequestInvalid("ledger.<type>.<key>", ...)`` and a finding below one raises
+``SecretInPayload("ledger.<type>.<key>.<path>", kind)``; in ``drop`` mode the key is removed
+and returned, and a finding is redacted (``[redacted:<kind>]``) and its path returned, so
+the caller can record that it was.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from types import MappingProxyType
 from typing import Any
 
 from l7.errors import ConfigError, RequestInvalid
-from l7.secrets.scanner import redact_text
+from l7.secrets.interface import SecretInPayload
+from l7.secrets.scanner import redact, redact_text
 
 __all__ = ["AllowlistMode", "FieldAllowlist"]
 
@@ -90,7 +96,18 @@ class FieldAllowlist:
                 f"ledger.{event_type}.{key}", f"is not on the ledger field allowlist{more}"
             )
         kept = {k: v for k, v in payload.items() if k in allowed}
-        return kept, tuple(_printable(k) for k in extra)
+        dropped = [_printable(k) for k in extra]
+        for k, v in kept.items():
+            if not isinstance(v, Mapping):
+                continue  # scalars and lists (reasons, roles) are the writer's own fields
+            clean, findings = redact(v, f"ledger.{event_type}.{_printable(k)}")
+            if not findings:
+                continue
+            if self.mode is AllowlistMode.REFUSE:
+                raise SecretInPayload(findings[0].path, findings[0].kind)
+            kept[k] = clean
+            dropped.extend(f.path for f in findings)
+        return kept, tuple(dropped)
 
 
 def _mode(value: object) -> AllowlistMode:

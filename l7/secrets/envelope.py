@@ -1,9 +1,13 @@
 """The envelope pattern (DESIGN §5): a sensitive blob sealed with OpenBao transit.
 
 The ledger may carry ``vault:v<N>:<base64>``: ciphertext of an ``aes256-gcm96`` transit
-key created *derived* (``ensure_key``), so every seal is bound to a ``context`` (say, the
-decision id and field) and opens only under the same context: a ciphertext copied into
-another record does not open there. Key access is restricted twice: ``open`` refuses a
+key created *derived* (``ensure_key``), so every seal is bound to a ``context`` and opens
+only under the same context. The engine's context is ``field_context(decision_id, path)``
+(``l7.envelope.v1/<decision id>/<field path>``): a ciphertext copied into another decision
+or another field does not open there (``EnvelopeContextMismatch``, reason
+``envelope_context_mismatch``), and the engine refuses a request whose envelope field
+already looks sealed (``EnvelopeForged``): only ciphertext it sealed itself, for that
+decision and field, is ever recorded. Key access is restricted twice: ``open`` refuses a
 role not in ``allowed_roles`` before asking OpenBao (``Forbidden(reason=
 "decrypt_forbidden")``), and OpenBao's own policy on ``transit/decrypt/<key>`` applies to
 the client's token. The caller records each open (``ledger.accessed``).
@@ -22,11 +26,48 @@ import hvac
 from l7.errors import ConfigError, Forbidden, RequestInvalid
 from l7.secrets import _bao
 
-__all__ = ["KEY_TYPE", "Envelope", "ensure_key"]
+__all__ = [
+    "CONTEXT_PREFIX",
+    "KEY_TYPE",
+    "Envelope",
+    "EnvelopeContextMismatch",
+    "EnvelopeForged",
+    "ensure_key",
+    "field_context",
+    "looks_sealed",
+]
 
 KEY_TYPE = "aes256-gcm96"
+CONTEXT_PREFIX = "l7.envelope.v1"
 _CIPHERTEXT = re.compile(r"vault:v[1-9][0-9]{0,8}:[A-Za-z0-9+/]+={0,2}")
+_LOOKS_SEALED = re.compile(r"\s*vault:v[0-9]")
 MAX_CIPHERTEXT_CHARS = 1 << 20
+
+
+class EnvelopeContextMismatch(RequestInvalid):
+    """The ciphertext does not open under this decision and field: it was sealed for
+    another (copied), with another key, or altered."""
+
+    reason = "envelope_context_mismatch"
+
+
+class EnvelopeForged(RequestInvalid):
+    """A request carries a value that looks sealed in an envelope field: the engine seals
+    those fields itself and never records ciphertext it did not make."""
+
+    reason = "envelope_forged"
+
+
+def field_context(decision_id: str, path: str) -> str:
+    """The seal context binding an envelope to one decision and one field path."""
+    if not decision_id or not path or "/" in decision_id:
+        raise RequestInvalid("context", "an envelope needs a decision id (no '/') and a path")
+    return f"{CONTEXT_PREFIX}/{decision_id}/{path}"
+
+
+def looks_sealed(value: object) -> bool:
+    """True for a string that starts like transit ciphertext (``vault:v<digit>``)."""
+    return isinstance(value, str) and _LOOKS_SEALED.match(value) is not None
 
 
 def _key_config(where: str) -> ConfigError:
@@ -178,10 +219,10 @@ class Envelope:
             forbidden=lambda: Forbidden(
                 f"OpenBao refused {where} for the client's token", reason="decrypt_forbidden"
             ),
-            invalid=lambda: RequestInvalid(
+            invalid=lambda: EnvelopeContextMismatch(
                 "ciphertext",
                 f"does not open with transit key {self.key_name} under this context: it was "
-                "sealed with another key or context, or it was altered",
+                "sealed for another decision or field, with another key, or it was altered",
             ),
         )
         try:

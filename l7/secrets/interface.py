@@ -191,11 +191,15 @@ class SecretMeta:
 
 
 class SecretStore(Protocol):
-    """Where ``secret_ref`` pointers live. ``metadata`` and ``check_access`` never read a
-    value; ``resolve`` does, just in time, for the gateway only."""
+    """Where ``secret_ref`` pointers live. ``metadata``, ``check_access`` (may this token
+    read it?) and ``token_subject`` (whose token is it: the identity name the OIDC tokens
+    carry as subject) never read a value; ``resolve`` does, just in time, for the gateway
+    only."""
 
     def metadata(self, ref: SecretRef) -> SecretMeta: ...
 
     def check_access(self, ref: SecretRef, token: str) -> None: ...
+
+    def token_subject(self, token: str) -> str: ...
 
     def resolve(self, ref: SecretRef) -> str: ...

@@ -8,6 +8,9 @@
   so it cannot check that ``#<field>`` exists; ``resolve`` does.
 * ``check_access(ref, token)`` asks ``sys/capabilities`` what the *actor's* token may do
   on the data path (``<mount>/data/<path>`` on KV v2) and refuses without ``read``.
+* ``token_subject(token)`` says whose token it is: the name of the identity entity it
+  belongs to (the OIDC subject when OpenBao is the issuer), via ``auth/token/lookup`` and
+  ``identity/entity/id/<id>`` with the service's own token; a token of no entity is refused.
 * ``resolve(ref)`` reads the value just in time (gateway only). It is returned, never
   logged and never put in an exception.
 
@@ -88,7 +91,8 @@ def _deleted(deletion_time: object, now: datetime) -> bool:
 class BaoSecretStore:
     """``SecretStore`` over an OpenBao (or Vault) KV mount. ``client`` is the service's
     own client: it needs ``read`` on ``<mount>/metadata/*`` and ``<mount>/data/*`` (KV v1:
-    ``list`` and ``read`` on ``<mount>/*``) and ``update`` on ``sys/capabilities``."""
+    ``list`` and ``read`` on ``<mount>/*``), ``update`` on ``sys/capabilities`` and
+    ``auth/token/lookup``, and ``read`` on ``identity/entity/id/*``."""
 
     def __init__(self, client: hvac.Client, *, kv_version: int = 2) -> None:
         if kv_version not in (1, 2):
@@ -196,6 +200,48 @@ class BaoSecretStore:
                 f"the actor may not read {ref}: its capabilities on {path} are "
                 f"{sorted(granted)}; ask for 'read' on that path in its OpenBao policy"
             )
+
+    def token_subject(self, token: str) -> str:
+        """The entity name ``token`` belongs to; ``Forbidden(secret_forbidden)`` for a
+        token OpenBao does not accept or one bound to no entity."""
+        if not token:
+            raise _secret_forbidden("no OpenBao token for the actor")
+        refused = _secret_forbidden(
+            "OpenBao does not accept the actor's token (expired, revoked or not a token); "
+            "log in again and retry"
+        )
+        resp = _bao.call(
+            lambda: self._client.auth.token.lookup(token),
+            where="auth/token/lookup for the actor's token",
+            not_found=lambda: refused,
+            forbidden=lambda: refused,
+            invalid=lambda: refused,
+        )
+        try:
+            entity_id = resp["data"]["entity_id"]
+        except (KeyError, TypeError) as e:
+            raise _bao.shape_error("auth/token/lookup", e) from e
+        if not isinstance(entity_id, str) or not entity_id:
+            raise _secret_forbidden(
+                "the actor's OpenBao token belongs to no identity entity, so it speaks for "
+                "nobody; use the actor's own login token"
+            )
+        entity = _bao.call(
+            lambda: self._client.read(f"identity/entity/id/{entity_id}"),
+            where="identity/entity/id for the actor's token",
+            not_found=lambda: refused,
+            forbidden=lambda: _secret_forbidden(
+                "the secret store's token may not read identity/entity/id/*; grant it read"
+            ),
+            invalid=lambda: refused,
+        )
+        try:
+            name = entity["data"]["name"]
+        except (KeyError, TypeError) as e:
+            raise _bao.shape_error("identity/entity/id", e) from e
+        if not isinstance(name, str) or not name:
+            raise _bao.shape_error("identity/entity/id", ValueError("name"))
+        return name
 
     # -- the value (gateway only) -------------------------------------------------------
 

@@ -253,6 +253,7 @@ class World:
             environment="dev",
             token=self.token("alice"),
             timeout_s=5,
+            bao_token=self.bao.user_token("alice"),
         )
 
 
@@ -300,6 +301,7 @@ def _setup_openbao(bao: OpenBaoDev, secret_value: str) -> None:
     bao.client.secrets.kv.v2.create_or_update_secret(
         path="app/db", secret={"password": secret_value}, mount_point="secret"
     )
+    bao.grant_read("alice", "kv-app", ["secret/data/app/*"])  # alice's own capability
 
 
 @pytest.fixture(scope="module")

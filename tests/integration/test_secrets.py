@@ -286,7 +286,7 @@ def test_envelope_is_bound_to_its_context(envelope: Envelope) -> None:
     ct = envelope.seal(b"payload", context="decision-1/field")
     with pytest.raises(RequestInvalid, match=r"^ciphertext: does not open") as info:
         envelope.open(ct, context="decision-2/field", role="security", allowed_roles={"security"})
-    assert info.value.reason == "invalid_request"
+    assert info.value.reason == "envelope_context_mismatch"
 
 
 def test_envelope_refuses_altered_ciphertext(envelope: Envelope) -> None:

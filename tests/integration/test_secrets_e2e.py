@@ -56,6 +56,7 @@ def sbao(openbao: OpenBaoDev) -> OpenBaoDev:
     _setup_people(openbao)
     openbao.make_user("aud1", 4, team="audit", scopes=["*"], roles=["auditor"])
     _kv(openbao)
+    openbao.grant_read("alice", "kv-app", ["secret/data/app/*"])  # alice's own capability
     return openbao
 
 
@@ -115,6 +116,7 @@ def test_gateway_resolves_secret_refs_just_in_time_for_the_tool(world: World) ->
         actor={"id": "alice", "role": "engineer", "level": 1},
         environment="dev",
         token=world.bao.token_for("alice"),
+        bao_token=world.bao.user_token("alice"),
     )
 
     @gov.tool(

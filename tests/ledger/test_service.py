@@ -52,7 +52,7 @@ READERS = {
     "t-alice": Reader("alice", frozenset({"auditor"})),
     "t-sec": Reader("sam", frozenset({"security"})),
     "t-bob": Reader("bob", frozenset({"raw-reader"})),
-    "t-carol": Reader("carol", frozenset(), breakglass=True),
+    "t-carol": Reader("carol", frozenset(), breakglass="bg-carol"),
 }
 
 
@@ -253,7 +253,6 @@ def test_summary_view_for_readers_without_payload_rights(svc: Service) -> None:
         ("t-alice", "alice", "raw"),
         ("t-sec", "sam", "raw"),
         ("t-bob", "bob", "raw"),
-        ("t-carol", "carol", "breakglass"),
     ],
 )
 def test_each_raw_read_appends_exactly_one_access_event_first(
@@ -288,6 +287,17 @@ def test_each_raw_read_appends_exactly_one_access_event_first(
     assert accessed[1].payload["what"] == {
         "query": {"event_type": "policy.gate", "after_global_seq": 0, "limit": 2}
     }
+
+
+def test_a_breakglass_claim_the_ledger_cannot_prove_reads_nothing(svc: Service) -> None:
+    """Issue #14: the header alone is no break-glass. Without pinned tier keys this service
+    can prove none, so the read is refused (never answered as the reader's roles)."""
+    seed(svc)
+    carol = svc.client("t-carol", reason="INC-42")
+    for read in (lambda: carol.get_stream("d-1"), lambda: carol.query(decision_id="d-1")):
+        with pytest.raises(AccessDenied, match=r"breakglass_unverifiable.*no pinned tier keys"):
+            read()
+    assert svc.accessed() == []
 
 
 def test_raw_read_without_reason_is_refused_and_records_nothing(svc: Service) -> None:
@@ -462,14 +472,14 @@ def test_health_and_metadata_checks(svc: Service) -> None:
 
 
 def test_access_policy_matrix() -> None:
-    r: Callable[..., Reader] = lambda *roles, bg=False: Reader("x", frozenset(roles), bg)  # noqa: E731
+    r: Callable[..., Reader] = lambda *roles, bg=None: Reader("x", frozenset(roles), bg)  # noqa: E731
     assert access_for(r("viewer"), "GetStream", None) is ReadMode.SUMMARY
     assert access_for(r(), "Query", None) is ReadMode.SUMMARY
     assert access_for(r("writer"), "GetStream", None) is ReadMode.SERVICE
     assert access_for(r("writer", "auditor"), "GetStream", "why") is ReadMode.RAW
     assert access_for(r("raw-reader"), "Query", "why") is ReadMode.RAW
-    assert access_for(r(bg=True), "GetStream", "why") is ReadMode.BREAKGLASS
-    assert access_for(r("security", bg=True), "Export", "why") is ReadMode.BREAKGLASS
+    assert access_for(r(bg="bg-1"), "GetStream", "why") is ReadMode.BREAKGLASS
+    assert access_for(r("security", bg="bg-1"), "Export", "why") is ReadMode.BREAKGLASS
     assert access_for(r("auditor"), "Export", "why") is ReadMode.RAW
     with pytest.raises(AccessDenied, match="needs a reason"):
         access_for(r("writer", "auditor"), "GetStream", None)

@@ -27,6 +27,38 @@ result := {
 	"problems": sort(problems),
 	"ttl_s": ttl_s,
 	"review_within_s": object.get(_cfg, "review_within_s", 86400),
+	"secret_ref_prefixes": sort(secret_ref_prefixes),
+	"widened_secret_ref_prefixes": sort(widened_secret_ref_prefixes),
+}
+
+# secret_ref_prefixes is where the break-glass grant may resolve secret references: what
+# data.l7.config.secrets.ref_prefixes grants the actor's roles ("*" and each of
+# input.actor.roles), widened only by breakglass.secret_ref_prefixes for those roles.
+# No roles and no widening: nothing (the gateway then resolves no reference).
+secret_ref_prefixes := _role_prefixes | widened_secret_ref_prefixes
+
+# widened_secret_ref_prefixes lists the prefixes break-glass adds beyond the roles' own.
+widened_secret_ref_prefixes contains p if {
+	some r in _roles
+	some p in object.get(_cfg, ["secret_ref_prefixes", r], [])
+	is_string(p)
+	not p in _role_prefixes
+}
+
+_roles contains r if {
+	some r in object.get(input, ["actor", "roles"], [])
+	is_string(r)
+}
+
+_role_prefixes contains p if {
+	some p in lib.param(["secrets", "ref_prefixes", "*"], [])
+	is_string(p)
+}
+
+_role_prefixes contains p if {
+	some r in _roles
+	some p in lib.param(["secrets", "ref_prefixes", r], [])
+	is_string(p)
 }
 
 # problems lists every reason the request is refused (empty when allowed).

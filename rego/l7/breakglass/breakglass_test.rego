@@ -11,7 +11,23 @@ _ok := {
 }
 
 test_l4_with_a_structured_reason_is_allowed if {
-	breakglass.result == {"allowed": true, "problems": [], "ttl_s": 600, "review_within_s": 86400} with input as _ok
+	breakglass.result == {
+		"allowed": true, "problems": [], "ttl_s": 600, "review_within_s": 86400,
+		"secret_ref_prefixes": [], "widened_secret_ref_prefixes": [],
+	} with input as _ok
+}
+
+test_secret_prefixes_are_the_roles_own_unless_policy_widens_them if {
+	cfg := {"secrets": {"ref_prefixes": {"*": ["secret/shared/"], "security": ["secret/app/"]}}}
+	r := breakglass.result with input as object.union(_ok, {"actor": {"id": "sec1", "level": 4, "roles": ["security", "ops"]}})
+		with data.l7.config as cfg
+	r.secret_ref_prefixes == ["secret/app/", "secret/shared/"]
+	r.widened_secret_ref_prefixes == []
+	wide := object.union(cfg, {"breakglass": {"allowed_levels": [4], "secret_ref_prefixes": {"ops": ["secret/incident/", "secret/app/"], "other": ["secret/"]}}})
+	w := breakglass.result with input as object.union(_ok, {"actor": {"id": "sec1", "level": 4, "roles": ["security", "ops"]}})
+		with data.l7.config as wide
+	w.secret_ref_prefixes == ["secret/app/", "secret/incident/", "secret/shared/"]
+	w.widened_secret_ref_prefixes == ["secret/incident/"]
 }
 
 test_l3_is_refused if {

@@ -197,6 +197,9 @@ class _Refs:
     def check_access(self, ref: SecretRef, token: str) -> None:
         raise AssertionError("not used by Decide")
 
+    def token_subject(self, token: str) -> str:
+        raise AssertionError("not used by Decide")
+
     def resolve(self, ref: SecretRef) -> str:
         raise AssertionError("Decide never resolves a value")
 
