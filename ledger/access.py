@@ -154,8 +154,9 @@ class AllowAll:
         subject: str = "local",
         roles: Collection[str] = (WRITER_ROLE,),
         breakglass: str | None = None,
+        tier: str | None = None,
     ) -> None:
-        self.reader = Reader(subject, frozenset(roles), breakglass)
+        self.reader = Reader(subject, frozenset(roles), breakglass, tier=tier)
 
     def authorize(self, metadata: Mapping[str, str], peer_cert_der: bytes | None = None) -> Reader:
         return self.reader

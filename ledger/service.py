@@ -611,7 +611,8 @@ class LedgerServicer(pb_grpc.LedgerServicer):
         self, request: pb.VerifyRequest, context: grpc.ServicerContext
     ) -> pb.VerifyResponse:
         reader, _ = self._reader(context)
-        require_role(reader, EXPORT_ROLES, "Verify")
+        if reader.tier != "engine":  # an engine's integrity monitor audits; no other writer
+            require_role(reader, EXPORT_ROLES, "Verify")
         with self.verify_budget.hold(reader.subject, "Verify"):
             return self._verify(request)
 
@@ -857,6 +858,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="with --insecure-allow-all: the roles every caller gets instead of 'writer' "
         "(repeatable; tests only, e.g. 'auditor' to export or verify)",
     )
+    p.add_argument(
+        "--insecure-tier",
+        choices=("engine", "gateway"),
+        help="with --insecure-allow-all: the tier every caller speaks for (tests only)",
+    )
     add_checkpoint_arguments(p)
     a = p.parse_args(argv)
     if not a.insecure_allow_all:
@@ -866,7 +872,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        authorizer = AllowAll(roles=a.insecure_role) if a.insecure_role else AllowAll()
+        authorizer = AllowAll(roles=a.insecure_role or ("writer",), tier=a.insecure_tier)
         return serve(a.ledger, a.addr, authorizer, **checkpoint_options(a))
     except (LedgerError, ValueError, OSError, TypeError) as e:
         print(f"ledger service: {e}", file=sys.stderr)

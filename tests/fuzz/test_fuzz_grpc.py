@@ -659,7 +659,11 @@ def test_well_formed_approval_by_an_unknown_key_is_refused(world: World) -> None
 
 
 def test_pending_decision_is_still_pending(world: World) -> None:
-    got = world.gov.GetDecision(pb.GetDecisionRequest(decision_id=world.pending_id), timeout=10)
+    got = world.gov.GetDecision(  # reads need a token (issue #13 item 4): an auditor's summary
+        pb.GetDecisionRequest(decision_id=world.pending_id),
+        timeout=10,
+        metadata=world.bearer("auditor-1", 4, ("auditor",)),
+    )
     assert got.decision.status == pb.STATUS_PENDING_AUTHORITY
     assert not got.decision.authority_progress.approvals
 

@@ -328,7 +328,8 @@ def world_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         ledger_proc = Child(
             "ledger service",
             [sys.executable, "-m", "ledger.service", "--ledger", pg_url,
-             "--addr", f"127.0.0.1:{port}", "--insecure-allow-all"],
+             "--addr", f"127.0.0.1:{port}", "--insecure-allow-all",
+             "--insecure-tier", "engine"],  # its monitor may audit (Verify)
             port, "l7.ledger.v1.Ledger", tmp / "ledger-service.log",
         )  # fmt: skip
         ledger_proc.start()

@@ -214,7 +214,7 @@ def test_gateway_cli_refuses_to_start_without_key(tmp_path: Path) -> None:
 
     r = subprocess.run(
         [sys.executable, "-m", "l7.cli.main", "gateway", "serve", "--ledger",
-         f"sqlite:///{tmp_path / 'l.sqlite'}", "--env", "production"],
+         f"sqlite:///{tmp_path / 'l.sqlite'}", "--env", "dev"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert r.returncode == 2

@@ -47,15 +47,13 @@ AUTHORIZED = {
 def insider_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Stack, str]]:
     """A stack with an in-process gateway, and the URL the insider writes to (on
     PostgreSQL the least-privileged application role: INSERT is all it takes)."""
-    buckets = None
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
     else:
-        buckets = request.getfixturevalue("pg_url")
-        url = provision(buckets, APP_ROLE, APP_PASSWORD)
+        url = provision(request.getfixturevalue("pg_url"), APP_ROLE, APP_PASSWORD)
     cfg = StackConfig(
         ledger_url=url, work_dir=tmp_path, gateway=True, sweep_interval_s=0,
-        rate_limit_url=buckets,
+        integrity_check_s=3600,  # the monitor exists; the tests run its checks themselves
     )  # fmt: skip
     with Stack(cfg) as s:
         yield s, url
@@ -91,6 +89,12 @@ def _assert_refused_everywhere(
     stack: Stack, url: str, decision_id: str, forged_type: str, forged_g: int
 ) -> None:
     ran: list[str] = []
+    # The integrity monitor (public keys only) finds it on its own and enters restriction.
+    assert stack.monitor is not None
+    found = stack.monitor.check_now()
+    assert found is not None and found.what == "authority_unsigned", found
+    assert found.decision_id == decision_id
+    assert stack.engine is not None and stack.engine.restriction.state().active
     with GovernanceClient(stack.target) as c:
         # GetGrant: no grant for a decision whose authority no tier signed
         with pytest.raises(RemoteError) as ei:

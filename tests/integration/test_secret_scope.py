@@ -71,7 +71,7 @@ def authorize(world: World, grant: str, ref: str, who: str | None) -> Any:
     gw = GatewayClient(world.stack.gateway_target)
     try:
         token = world.bao.user_token(who) if who else None
-        return gw.authorize(grant, action(ref), actor_bao_token=token)
+        return gw.authorize(grant, action(ref), environment="production", actor_bao_token=token)
     finally:
         gw.close()
 

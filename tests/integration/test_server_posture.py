@@ -116,7 +116,7 @@ def test_ledger_serve_production_names_every_missing_flag(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     "flags",
-    [("--env", "production", "--addr", "127.0.0.1:0"), ("--addr", "0.0.0.0:0")],
+    [("--env", "production", "--addr", "127.0.0.1:0"), ("--env", "dev", "--addr", "0.0.0.0:0")],
     ids=["production", "public-address"],
 )
 def test_gateway_serve_exposed_without_tls_refuses_to_start(
@@ -181,7 +181,7 @@ def log_signer() -> Ed25519CheckpointSigner:
 
 @pytest.mark.parametrize(
     "flags",
-    [("--env", "production", "--addr", "127.0.0.1:0"), ("--addr", "0.0.0.0:0")],
+    [("--env", "production", "--addr", "127.0.0.1:0"), ("--env", "dev", "--addr", "0.0.0.0:0")],
     ids=["production", "public-address"],
 )
 def test_witness_serve_exposed_without_tls_refuses_to_start(

@@ -157,7 +157,9 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Production:
     raw["bundle_signers"] = [{"kid": pinned.kid, "public_key": pinned.public_key_pem}]
     trust.write_text(json.dumps(raw, indent=2) + "\n")
     pki = root / "pki"
-    tls.issue(tls.init_ca(pki), "engine", pki)
+    ca = tls.init_ca(root / "ca")  # the CA key stays out of the tiers' directory
+    tls.publish_ca(ca, pki)
+    tls.issue(ca, "engine", pki)
     (root / "jwks.json").write_text(json.dumps(jwks(new_key("ES256"))))
     verifier = JwtVerifier(JwksFile(root / "jwks.json"), issuer=ISSUER, audience=AUDIENCE)
     return Production(repo, keys / "bundle-signing.pem", pinned, verifier, pki, tier)

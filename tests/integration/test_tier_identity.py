@@ -217,7 +217,7 @@ def test_governed_tool_sends_no_grant_to_another_tier(
     gw = GatewayClient(fake.target, credentials=tls.client_credentials(pki.tiers, "tool"))
     try:
         with pytest.raises(GatewayDegraded, match="Hostname Verification|[Hh]andshake failed"):
-            gw.authorize("grant-that-must-stay-home", {"class": "data.read"})
+            gw.authorize("grant-that-must-stay-home", {"class": "data.read"}, environment="dev")
     finally:
         gw.close()
     assert fake.calls == []
@@ -228,7 +228,7 @@ def test_governed_tool_reaches_a_gateway(pki: Pki, fake_server: Any) -> None:
     gw = GatewayClient(fake.target, credentials=tls.client_credentials(pki.tiers, "tool"))
     try:
         with pytest.raises(RemoteError) as err:
-            gw.authorize("grant", {"class": "data.read"})
+            gw.authorize("grant", {"class": "data.read"}, environment="dev")
     finally:
         gw.close()
     assert err.value.code is grpc.StatusCode.UNIMPLEMENTED

@@ -15,7 +15,7 @@ Load (one thread each, sustained until the deadline):
     allow       Decide (data.read, dev) -> Authorize at the gateway -> run a fake tool
                 (recorded in memory: decision, execution id, grant jti) -> ConfirmExecution;
                 now and then the used grant is presented again and must be refused
-    queue       Decide (data.delete, production) -> QUEUE -> two signed approvals by
+    queue       Decide (data.delete, staging) -> QUEUE -> two signed approvals by
                 managers (ed25519, or an OpenBao transit key for mgr3) -> GetGrant ->
                 Authorize -> execute -> confirm
     breakglass  an L4 opens break-glass -> Authorize -> execute -> confirm -> another L4
@@ -592,7 +592,7 @@ class Soak:
                 "--gateway-id",
                 "soak-gw",
                 "--env",
-                "dev,production",
+                "dev,staging",
                 "--grant-public-key",
                 str(pub),
                 "--work-dir",
@@ -890,12 +890,12 @@ class Soak:
             "target": {"type": "table", "id": f"soak-q-{i}"},
             "payload": {},
         }
-        r = self._decide("decide.queue", _request(action, "production"))
+        r = self._decide("decide.queue", _request(action, "staging"))
         if r is None:
             return False
         d = decision_json(r.decision)
         if d["outcome"] == "ALLOW":
-            self.violations.append(f"data.delete in production allowed without authority: {d}")
+            self.violations.append(f"data.delete in staging allowed without authority: {d}")
             return False
         if d["outcome"] != "QUEUE":
             with self.lock:
@@ -958,7 +958,7 @@ class Soak:
             ttl_s=600,
             action_class="deploy.release",
             target=target,
-            environment="production",
+            environment="staging",
         )
         r = self._op("breakglass.open", lambda: self._call(opener, "BreakGlass", req))
         if r is None:
