@@ -53,8 +53,10 @@ class ReadBudget:
         c.stamp = now
 
     @contextmanager
-    def hold(self, who: str, what: str) -> Iterator[None]:
-        """Run one ``what`` for caller ``who`` within the budget, or raise ReadLimited."""
+    def hold(self, who: str, what: str, *, per_minute: bool = True) -> Iterator[None]:
+        """Run one ``what`` for caller ``who`` within the budget, or raise ReadLimited.
+        ``per_minute=False`` (an engine's integrity monitor, paced by its own interval)
+        skips the per-minute bucket; one at a time and the service-wide cap still hold."""
         now = self._clock()
         with self._lock:
             c = self._callers.setdefault(who, _Caller(tokens=self.per_minute, stamp=now))
@@ -65,7 +67,7 @@ class ReadBudget:
                     f"{c.running} running; wait for it to finish",
                     retry_after_s=5.0,
                 )
-            if c.tokens < 1.0:
+            if per_minute and c.tokens < 1.0:
                 wait = (1.0 - c.tokens) * 60.0 / self.per_minute
                 raise ReadLimited(
                     f"{what} for {who}: at most {self.per_minute:g} a minute per caller; "
@@ -78,7 +80,8 @@ class ReadBudget:
                     "try again shortly",
                     retry_after_s=5.0,
                 )
-            c.tokens -= 1.0
+            if per_minute:
+                c.tokens -= 1.0
             c.running += 1
             self._running += 1
         try:

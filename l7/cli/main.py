@@ -187,6 +187,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
             grant_key=Path(a.grant_key) if a.grant_key else None,
             opa_restart_s=a.opa_restart_s,
             work_dir=Path(a.work_dir),
+            allow_rollback=a.allow_rollback,
             trust_file=Path(a.trust_file) if a.trust_file else None,
             tier_key=Path(a.tier_key) if a.tier_key else None,
             bundle_signing_key=Path(a.bundle_signing_key) if a.bundle_signing_key else None,
@@ -533,6 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
         "bundle_signers. Required where the trust file says local_keys: false (staging, "
         "production: never created); default under local keys: "
         "<work-dir>/keys/bundle-signing.pem, created if missing",
+    )
+    sp.add_argument(
+        "--allow-rollback",
+        action="store_true",
+        help="activate a bundle revision older than the newest ever activated for --env "
+        "(recorded as a rollback in the ledger); refused without it",
     )
     add_tls_flag(sp, "engine")
     add_trust_flags(sp, signer=True)
