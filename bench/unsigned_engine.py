@@ -9,6 +9,7 @@ either off, by design (docs/0012).
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -34,16 +35,19 @@ class _Unsigned:
         return getattr(self.inner, name)
 
 
-def _patch() -> None:
-    setattr(stack, "SignedLedger", _Unsigned)  # noqa: B010 (the stack's own name, replaced)
-    init = stack.Stack.__init__
+def _patch(off: str) -> None:
+    """``off``: "both" (the baseline), "signing" or "checkpoints" (which costs what)."""
+    if off in ("both", "signing"):
+        setattr(stack, "SignedLedger", _Unsigned)  # noqa: B010 (the stack's own name, replaced)
+    if off in ("both", "checkpoints"):
+        init = stack.Stack.__init__
 
-    def unsigned_init(self: stack.Stack, config: stack.StackConfig) -> None:
-        init(self, dataclasses.replace(config, checkpoints=False, local_witness=False))
+        def unsigned_init(self: stack.Stack, config: stack.StackConfig) -> None:
+            init(self, dataclasses.replace(config, checkpoints=False, local_witness=False))
 
-    setattr(stack.Stack, "__init__", unsigned_init)  # noqa: B010
+        setattr(stack.Stack, "__init__", unsigned_init)  # noqa: B010
 
 
 if __name__ == "__main__":
-    _patch()
+    _patch(os.environ.get("L7_BENCH_OFF", "both"))
     sys.exit(main(sys.argv[1:]))
