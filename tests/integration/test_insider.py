@@ -183,16 +183,29 @@ def test_forged_approvals_completing_a_quorum_are_refused(
 
 
 def test_a_forged_execution_confirmation_is_refused(insider_stack: tuple[Stack, str]) -> None:
+    from l7.client import decision_json
+    from l7.server.convert import request_to_proto
+
     stack, url = insider_stack
+    req = request()
     with GovernanceClient(stack.target) as c:
-        d = c.decide(request())
-    assert d["outcome"] == "ALLOW"
+        resp = c.decide_proto(request_to_proto(req))
+    d = decision_json(resp.decision)
+    assert d["outcome"] == "ALLOW" and resp.grant
     g = forge_event(
         url, d["decision_id"], "execution.confirmed",
         {"status": "executed", "execution_id": "x", "succeeded": True, "result": {},
          "confirmed_at": 0},
         actor="gateway", policy_version=d["policy_version"],
     )  # fmt: skip
+    # the decision's own, genuine grant no longer runs: its stream holds an unsigned event
+    gw = GatewayClient(stack.gateway_target)
+    try:
+        with pytest.raises(RemoteError) as ei:
+            gw.authorize(resp.grant, req["action"], environment="dev")
+    finally:
+        gw.close()
+    assert ei.value.reason == "ledger_integrity_failed"
     _assert_refused_everywhere(stack, url, d["decision_id"], "execution.confirmed", g)
 
 
