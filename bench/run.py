@@ -128,7 +128,17 @@ def _variants(name: str, n: int = ACTORS) -> list[dict[str, Any]]:
 # -- servers ------------------------------------------------------------------------------
 
 
-def start_engine(ledger_url: str, work: Path, name: str, *, unsigned: bool = False) -> Server:
+def start_engine(
+    ledger_url: str,
+    work: Path,
+    name: str,
+    *,
+    unsigned: bool = False,
+    work_name: str | None = None,
+    extra: tuple[str, ...] = (),
+) -> Server:
+    """``work_name``: engines that are replicas of one deployment share a work dir (and so
+    their tier keys); each other engine gets its own."""
     log(f"starting engine {name} (l7 serve, ledger {ledger_url.rsplit('@', maxsplit=1)[-1]})")
     cmd = [sys.executable, "-m", "bench.unsigned_engine"] if unsigned else [L7]
     return Server(
@@ -141,6 +151,9 @@ def start_engine(ledger_url: str, work: Path, name: str, *, unsigned: bool = Fal
             ledger_url,
             "--integrity-every-s",
             "0",
+            "--work-dir",  # its own keys, bundles and witness state: not the checkout's .build
+            str(work / f"engine-{work_name or name}"),
+            *extra,
         ],
         ready=r"serving Governance on (?P<target>\S+)",
         fields=[r"OPA\s+: (?P<opa>http\S+)", r"grant key\s+: (?P<grant_key>\S+)"],
@@ -148,7 +161,8 @@ def start_engine(ledger_url: str, work: Path, name: str, *, unsigned: bool = Fal
     )
 
 
-def start_gateway(ledger_url: str, grant_key: str, work: Path) -> Server:
+def start_gateway(ledger_url: str, grant_key: str, work: Path, engine: str) -> Server:
+    """A gateway beside engine ``engine`` (it shares that engine's work dir: tier keys)."""
     log("starting gateway (l7 gateway serve)")
     return Server(
         [
@@ -163,6 +177,8 @@ def start_gateway(ledger_url: str, grant_key: str, work: Path) -> Server:
             grant_key,
             "--env",
             "dev",
+            "--work-dir",
+            str(work / f"engine-{engine}"),
         ],
         ready=r"gateway \S+ on (?P<target>\S+)",
         log_path=work / "gateway.log",
@@ -278,7 +294,7 @@ def bench_decide_sqlite(work: Path, sizes: Sizes) -> dict[str, Any]:
             )
             log(f"minting {sizes.authorize + 100} grants (ALLOW decisions) for Authorize")
             grants = _grants(stub, sizes.authorize + 100)
-        gateway = start_gateway(url, engine.info["grant_key"], work)
+        gateway = start_gateway(url, engine.info["grant_key"], work, "sqlite")
         with channel(gateway.info["target"]) as gch:
             gw = gpb_grpc.GatewayStub(gch)
             it = iter(grants)
@@ -458,8 +474,11 @@ def bench_decide_postgres(cluster: Any, work: Path, sizes: Sizes) -> dict[str, A
     engines: list[Server] = []
     res: dict[str, Any] = {}
     try:
-        engines.append(start_engine(url, work, "pg-a"))  # creates the schema
-        engines.append(start_engine(url, work, "pg-b"))
+        # two replicas of one deployment: one work dir (tier keys), one witness between them
+        engines.append(start_engine(url, work, "pg-a", work_name="pg"))  # creates the schema
+        engines.append(
+            start_engine(url, work, "pg-b", work_name="pg", extra=("--no-local-witness",))
+        )
         reqs = [request_to_proto(d) for d in _variants(REQUEST_FILE)]
         with channel(engines[0].info["target"]) as ca, channel(engines[1].info["target"]) as cb:
             stubs = [pb_grpc.GovernanceStub(ca), pb_grpc.GovernanceStub(cb)]
