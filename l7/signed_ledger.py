@@ -43,8 +43,8 @@ from ledger.attestation import (
     Tier,
     TierKeys,
     attestation_event,
-    content_digest,
     is_authority,
+    new_event_digest,
     require_authority,
 )
 
@@ -110,16 +110,7 @@ class SignedLedger:
                 key_id=self.signer.key_id,
                 prev_sequence=head[0],
                 prev_hash=head[1],
-                events=tuple(
-                    content_digest(
-                        EventType(e.event_type).value,
-                        e.actor,
-                        e.policy_version,
-                        e.payload,
-                        e.unique_key,
-                    )
-                    for e in mine
-                ),
+                events=tuple(new_event_digest(e) for e in mine),
             )
             out.append(attestation_event(st, self.signer.sign(st.signed_bytes())))
         return out

@@ -58,6 +58,7 @@ __all__ = [
     "check_placement",
     "content_digest",
     "is_authority",
+    "new_event_digest",
     "require_authority",
 ]
 
@@ -167,6 +168,13 @@ def content_digest(
             }
         )
     ).hexdigest()
+
+
+def new_event_digest(e: NewEvent) -> str:
+    """``content_digest`` of an event as a tier proposes it (what its attestation signs)."""
+    return content_digest(
+        EventType(e.event_type).value, e.actor, e.policy_version, e.payload, e.unique_key
+    )
 
 
 def _stored_digest(e: StoredEvent) -> str:
@@ -418,13 +426,7 @@ def authorize_batch(events: Sequence[NewEvent], tier: Tier, keys: TierKeys) -> N
             keys.verify(st, sig)
         except ValueError as err:
             raise PermissionError(f"stream {decision_id}: {err}") from err
-        digests = tuple(
-            content_digest(
-                EventType(e.event_type).value, e.actor, e.policy_version, e.payload, e.unique_key
-            )
-            for e in mine
-        )
-        if digests != st.events:
+        if tuple(new_event_digest(e) for e in mine) != st.events:
             raise PermissionError(
                 f"stream {decision_id}: the attestation does not match the batch's events"
             )
